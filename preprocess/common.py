@@ -1,0 +1,76 @@
+"""What every per-image stage shares: the batch's bookkeeping columns and the per-sample failure type.
+
+A Ray Data batch is a ``dict[str, np.ndarray]``. Every batch carries these columns from decode on:
+
+    image_id      str    the image id (DESIGN.md: dot-free, never ``__``)
+    status        str    ``"ok"`` or the reject reason of the stage that failed the row
+    reject_stage  str    ``""`` or the stage that failed the row
+    detail        str    ``""`` or a human-readable reason naming the file
+
+A stage computes only rows whose status is ``"ok"``, passes the others through untouched, and fills its
+own output columns for them with placeholders of the right dtype and shape (the row is never written).
+A stage never drops a row: the pipeline accounts for every one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STATUS_OK = "ok"
+BOOKKEEPING = ("image_id", "status", "reject_stage", "detail")
+
+
+class SampleError(Exception):
+    """A failure that belongs to one sample (bad input, nothing found), not to the stage or the job."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def ok_indices(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Indices of the rows still alive."""
+    return np.flatnonzero(np.asarray(batch["status"]) == STATUS_OK)
+
+
+def batch_len(batch: dict[str, np.ndarray]) -> int:
+    return len(batch["image_id"])
+
+
+def mark_failed(batch: dict[str, np.ndarray], index: int, *, stage: str, error: SampleError) -> None:
+    """Record one row's failure in place (the bookkeeping columns are copied to object arrays first)."""
+    for column in ("status", "reject_stage", "detail"):
+        if batch[column].dtype != object:
+            batch[column] = batch[column].astype(object)
+    batch["status"][index] = error.reason
+    batch["reject_stage"][index] = stage
+    batch["detail"][index] = f"{batch['image_id'][index]}: {error.detail}"
+
+
+def object_column(values: list) -> np.ndarray:
+    """A 1-d object array of per-row arrays (numpy would otherwise try to stack equal shapes)."""
+    column = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        column[i] = value
+    return column
+
+
+def as_rgb_uint8(image: np.ndarray, *, what: str) -> np.ndarray:
+    """Bring a decoded image to H x W x 3 uint8 RGB, or raise a SampleError naming what is wrong."""
+    array = np.asarray(image)
+    if array.size == 0 or array.ndim < 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise SampleError("bad_image", f"{what} has no pixels (shape {array.shape})")
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise SampleError("bad_image", f"{what} has dtype {array.dtype}; expected uint8 or uint16")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]
+    elif not (array.ndim == 3 and array.shape[2] == 3):
+        raise SampleError("bad_image", f"{what} has shape {array.shape}; expected H x W x 1, 3 or 4")
+    return np.ascontiguousarray(array)
