@@ -49,6 +49,7 @@ class Counts:
     pairs_in: int = 0
     pairs_written: int = 0
     pairs_rejected: dict[str, int] = field(default_factory=dict)
+    pairs_face_ok: int = 0  # written samples whose source has a face embedding
 
     def problems(self) -> list[str]:
         found = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from shards import storage
-from shards.manifest import Counts, Manifest, ModelRecord, toolkit_version, write_manifest
+from shards.manifest import REJECTS_NAME, Counts, Manifest, ModelRecord, toolkit_version, write_manifest
 from shards.rejects import Reject, write_rejects
 from shards.schema import SCHEMA_VERSION, Geometry, pair_key
 from shards.writer import ShardWriter
@@ -58,7 +58,9 @@ def synthetic_sample(rng: np.random.Generator, *, geometry: Geometry, source_id:
             "target_path": f"{target_id}.jpg",
             "face_ok": face_ok,
             "face_score": float(rng.uniform(0.5, 1.0)) if face_ok else 0.0,
-            "person_score": float(rng.uniform(0.5, 1.0)),
+            "face_emb_norm": float(np.linalg.norm(face)),
+            "source_person_score": float(rng.uniform(0.5, 1.0)),
+            "target_person_score": float(rng.uniform(0.5, 1.0)),
             "pose_coverage": float((pose[..., 0] > 0).mean()),
         },
     }
@@ -98,6 +100,7 @@ def write_synthetic_dataset(
         s, t = rng.choice(images, 2, replace=False)
         if (ids[s], ids[t]) not in pairs:
             pairs.append((ids[s], ids[t]))
+    face_written = sum(face_ok[s] for s, _ in pairs)
     with ShardWriter(out_dir, split=split, geometry=geometry, max_samples=samples_per_shard, max_bytes=None) as writer:
         for source_id, target_id in pairs:
             writer.write(synthetic_sample(rng, geometry=geometry, source_id=source_id, target_id=target_id,
@@ -108,7 +111,7 @@ def write_synthetic_dataset(
                detail=f"bad-{i:03d}.jpg: synthetic reject", path=f"bad-{i:03d}.jpg")
         for i in range(rejected_images)
     ]
-    write_rejects(storage.join(out_dir, "rejects.parquet"), rejects)
+    write_rejects(storage.join(out_dir, REJECTS_NAME), rejects)
     clip = rng.normal(0.0, 1.0, (16, geometry.clip_dim))
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -137,6 +140,7 @@ def write_synthetic_dataset(
             pairs_in=samples,
             pairs_written=samples,
             pairs_rejected={},
+            pairs_face_ok=face_written,
         ),
     )
     write_manifest(out_dir, manifest)
