@@ -39,10 +39,10 @@ def batch_len(batch: dict[str, np.ndarray]) -> int:
 
 
 def mark_failed(batch: dict[str, np.ndarray], index: int, *, stage: str, error: SampleError) -> None:
-    """Record one row's failure in place (the bookkeeping columns are copied to object arrays first)."""
+    """Record one row's failure in the batch dict (its bookkeeping columns are replaced by writable copies,
+    since Ray may hand a stage read-only arrays)."""
     for column in ("status", "reject_stage", "detail"):
-        if batch[column].dtype != object:
-            batch[column] = batch[column].astype(object)
+        batch[column] = np.array(batch[column], dtype=object)
     batch["status"][index] = error.reason
     batch["reject_stage"][index] = stage
     batch["detail"][index] = f"{batch['image_id'][index]}: {error.detail}"

@@ -218,6 +218,11 @@ def _encode(spec: FieldSpec, value: Any) -> bytes:
     return data.tobytes()
 
 
+def encode_field(name: str, value: Any) -> bytes:
+    """The exact member bytes the writer stores for one field (lets producers cache encoded fields)."""
+    return _encode(FIELDS_BY_NAME[name], value)
+
+
 def encode_sample(sample: dict[str, Any], *, geometry: Geometry) -> dict[str, bytes]:
     """Validate a sample and encode it to tar members ``{member: bytes}`` plus ``__key__``.
 

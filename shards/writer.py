@@ -14,7 +14,7 @@ from typing import Any
 import webdataset as wds
 
 from shards import storage
-from shards.schema import Geometry, SchemaError, encode_sample
+from shards.schema import Geometry, SchemaError, decode_sample, encode_sample
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: any constant works; a real date keeps `tar tv` readable
 FIXED_MODE = 0o444
@@ -98,7 +98,17 @@ class ShardWriter:
         self._seen_keys: set[str] = set()
 
     def write(self, sample: dict[str, Any]) -> None:
-        encoded = encode_sample(sample, geometry=self.geometry)
+        self._write(encode_sample(sample, geometry=self.geometry))
+
+    def write_encoded(self, members: dict[str, bytes]) -> None:
+        """Write already-encoded members (``{"__key__": key, "tgt_latent.npy": bytes, ...}``).
+
+        They are decoded and checked against the schema first: what is stored is what the reader accepts.
+        """
+        decode_sample(members, geometry=self.geometry)
+        self._write(members)
+
+    def _write(self, encoded: dict[str, bytes]) -> None:
         key = encoded["__key__"]
         if key in self._seen_keys:
             raise SchemaError(f"{key}: duplicate sample key in split {self.split}")

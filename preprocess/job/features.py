@@ -1,0 +1,218 @@
+"""The per-image feature table: Parquet files under OUT/features/{fingerprint}/, the job's cache.
+
+A row holds one image's features already encoded as the shard members they become (so the pair join
+copies bytes), plus the small figures that go into meta.json. Rows are keyed by the content hash of
+the image file: an image whose bytes and models are unchanged is never computed again, whatever its
+name; rejected images are rows too (status != "ok"), so a resumed job does not retry them either.
+Each file is written whole by the worker that computed it (temporary name, then rename), with one row
+per row group so the join can read one image's columns without reading its neighbours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from preprocess.common import STATUS_OK, batch_len
+from shards import storage
+from shards.schema import encode_field
+
+FEATURE_VERSION = 1  # bump when what a stage computes changes without a model or setting changing
+FEATURES_DIR = "features"
+PREVIEW_HEIGHT = 256
+
+# Columns the pair join copies into samples: (feature column, role that supplies it, shard field)
+SOURCE_MEMBERS = (("tex_latent", "ref_latent"), ("img_clip", "src_clip"), ("tex_clip", "tex_clip"),
+                  ("face_emb", "face_emb"))
+TARGET_MEMBERS = (("img_latent", "tgt_latent"), ("pose_png", "tgt_pose"))
+
+SMALL_COLUMNS = [
+    pa.field("content_hash", pa.string(), nullable=False),
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reject_stage", pa.string(), nullable=False),
+    pa.field("detail", pa.string(), nullable=False),
+    pa.field("orig_h", pa.int32()),
+    pa.field("orig_w", pa.int32()),
+    pa.field("person_box", pa.list_(pa.float32(), 4)),
+    pa.field("person_score", pa.float32()),
+    pa.field("person_count", pa.int32()),
+    pa.field("face_ok", pa.bool_()),
+    pa.field("face_box", pa.list_(pa.float32(), 4)),
+    pa.field("face_score", pa.float32()),
+    pa.field("face_det_score", pa.float32()),
+    pa.field("face_emb_norm", pa.float32()),
+    pa.field("pose_coverage", pa.float32()),
+    pa.field("texture_coverage", pa.float32()),
+    pa.field("source_bytes", pa.int64()),  # encoded size of what this image gives as a pair's source
+    pa.field("target_bytes", pa.int64()),  # ... and as a pair's target
+]
+BIG_COLUMNS = [
+    pa.field(name, pa.binary())
+    for name in ("img_latent", "tex_latent", "img_clip", "tex_clip", "face_emb", "pose_png", "preview_jpg", "face_jpg")
+]
+FEATURE_SCHEMA = pa.schema(SMALL_COLUMNS + BIG_COLUMNS)
+SMALL_NAMES = [f.name for f in SMALL_COLUMNS]
+
+
+def fingerprint(description: dict) -> str:
+    """sha256 of everything that changes a feature: models (file checksums), settings, code version."""
+    text = json.dumps({"feature_version": FEATURE_VERSION, **description}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def features_dir(out_dir: str, fingerprint_hex: str) -> str:
+    return storage.join(out_dir, FEATURES_DIR, fingerprint_hex[:16])
+
+
+def preview(image_hw: np.ndarray) -> np.ndarray:
+    height, width = image_hw.shape[:2]
+    if height <= PREVIEW_HEIGHT:
+        return image_hw
+    new_width = max(8, round(width * PREVIEW_HEIGHT / height))
+    return np.asarray(Image.fromarray(image_hw).resize((new_width, PREVIEW_HEIGHT), Image.BICUBIC))
+
+
+def _box(values) -> list[float]:
+    return [float(v) for v in np.asarray(values, np.float32).reshape(4)]
+
+
+def batch_to_table(batch: dict[str, np.ndarray], *, previews: bool) -> pa.Table:
+    """The stages' output columns -> feature rows (encoded members for ok rows, nulls for rejects)."""
+    n = batch_len(batch)
+    rows: dict[str, list] = {f.name: [] for f in FEATURE_SCHEMA}
+    for i in range(n):
+        ok = batch["status"][i] == STATUS_OK
+        rows["content_hash"].append(str(batch["content_hash"][i]))
+        rows["image_id"].append(str(batch["image_id"][i]))
+        rows["status"].append(str(batch["status"][i]))
+        rows["reject_stage"].append(str(batch["reject_stage"][i]))
+        rows["detail"].append(str(batch["detail"][i]))
+        if not ok:
+            for name in SMALL_NAMES[5:] + [f.name for f in BIG_COLUMNS]:
+                rows[name].append(None)
+            continue
+        face_ok = bool(batch["face_ok"][i])
+        pose = np.ascontiguousarray(batch["pose_hw"][i])
+        texture = batch["texture_hw"][i]
+        encoded = {
+            "img_latent": encode_field("tgt_latent", np.asarray(batch["img_latent"][i], np.float16)),
+            "tex_latent": encode_field("ref_latent", np.asarray(batch["tex_latent"][i], np.float16)),
+            "img_clip": encode_field("src_clip", np.asarray(batch["img_clip"][i], np.float16)),
+            "tex_clip": encode_field("tex_clip", np.asarray(batch["tex_clip"][i], np.float16)),
+            "face_emb": encode_field("face_emb", np.asarray(batch["face_emb"][i], np.float32)),
+            "pose_png": encode_field("tgt_pose", pose),
+            "preview_jpg": encode_field("src", preview(batch["image_hw"][i])) if previews else None,
+            "face_jpg": encode_field("face", np.asarray(batch["face_crop"][i], np.uint8)) if previews and face_ok else None,
+        }
+        for name, value in encoded.items():
+            rows[name].append(value)
+        rows["orig_h"].append(int(batch["orig_h"][i]))
+        rows["orig_w"].append(int(batch["orig_w"][i]))
+        rows["person_box"].append(_box(batch["person_box"][i]))
+        rows["person_score"].append(float(batch["person_score"][i]))
+        rows["person_count"].append(int(batch["person_count"][i]))
+        rows["face_ok"].append(face_ok)
+        rows["face_box"].append(_box(batch["face_box"][i]))
+        rows["face_score"].append(float(batch["face_score"][i]))
+        rows["face_det_score"].append(float(batch["face_det_score"][i]))
+        rows["face_emb_norm"].append(float(batch["face_emb_norm"][i]))
+        rows["pose_coverage"].append(float((pose[..., 0] > 0).mean()))
+        rows["texture_coverage"].append(float(texture.any(axis=-1).mean()))
+        source_bytes = sum(len(encoded[c]) for c, _ in SOURCE_MEMBERS)
+        source_bytes += len(encoded["preview_jpg"] or b"") + len(encoded["face_jpg"] or b"")
+        target_bytes = sum(len(encoded[c]) for c, _ in TARGET_MEMBERS) + len(encoded["preview_jpg"] or b"")
+        rows["source_bytes"].append(source_bytes)
+        rows["target_bytes"].append(target_bytes)
+    return pa.table(rows, schema=FEATURE_SCHEMA)
+
+
+def write_feature_file(directory: str, table: pa.Table) -> str:
+    """Write one batch's rows; the name derives from its content hashes, so a retried batch replaces itself."""
+    hashes = sorted(table.column("content_hash").to_pylist())
+    name = "part-" + hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:20] + ".parquet"
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=1, compression="zstd")
+    storage.write_bytes_atomic(storage.join(directory, name), buffer.getvalue())
+    return name
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureRow:
+    """Where one image's features are, and the small figures the job needs without the big columns."""
+
+    file: str
+    row: int
+    values: dict  # the SMALL_COLUMNS values
+
+    @property
+    def ok(self) -> bool:
+        return self.values["status"] == STATUS_OK
+
+
+def scan_features(directory: str) -> dict[str, FeatureRow]:
+    """Index every row under a fingerprint's folder by content hash (small columns only).
+
+    Leftover temporary files of a killed run are removed; where two files hold the same image (a batch
+    retried with other neighbours), the first file by name wins: both hold the same features.
+    """
+    index: dict[str, FeatureRow] = {}
+    if not storage.exists(directory):
+        return index
+    for name in storage.list_names(directory):
+        location = storage.join(directory, name)
+        if name.startswith(".") and name.endswith(".tmp"):
+            storage.remove(location)
+            continue
+        if not name.endswith(".parquet"):
+            continue
+        with storage.open_read(location) as stream:
+            table = pq.read_table(stream, columns=SMALL_NAMES)
+        for row, values in enumerate(table.to_pylist()):
+            index.setdefault(values["content_hash"], FeatureRow(file=location, row=row, values=values))
+    return index
+
+
+class FeatureReader:
+    """Reads the big columns of single rows, keeping files open; one per shard-writing task."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, pq.ParquetFile] = {}
+
+    def read(self, row: FeatureRow, columns: list[str]) -> dict[str, bytes | None]:
+        parquet = self._files.get(row.file)
+        if parquet is None:
+            parquet = self._files[row.file] = pq.ParquetFile(storage.open_read(row.file))
+        table = parquet.read_row_group(row.row, columns=columns)
+        return {name: table.column(name)[0].as_py() for name in columns}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureWriterConfig:
+    directory: str
+    previews: bool = True
+
+
+class FeatureWriterStage:
+    """The last stage: writes the batch's rows to the feature table and returns only the bookkeeping,
+    so images, latents and embeddings never travel back to the driver."""
+
+    KEEP = ("image_id", "content_hash", "status", "reject_stage", "detail")
+
+    def __init__(self, *, config: FeatureWriterConfig) -> None:
+        self.config = config
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        table = batch_to_table(batch, previews=self.config.previews)
+        name = write_feature_file(self.config.directory, table)
+        out = {k: np.asarray(batch[k], dtype=object) for k in self.KEEP}
+        out.update({k: v for k, v in batch.items() if k.startswith("seconds_")})
+        out["feature_file"] = np.full(batch_len(batch), name, dtype=object)
+        return out

@@ -1,0 +1,152 @@
+"""The pair join: one sample per (source, target) pair, shuffled with a seed, into equal shards."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from preprocess.job.features import SOURCE_MEMBERS, TARGET_MEMBERS, FeatureReader, FeatureRow
+from preprocess.job.inputs import ImageInput, PairInput
+from shards.rejects import Reject
+from shards.schema import Geometry, encode_field
+from shards.writer import ShardRecord, ShardWriter, shard_name
+
+META_OVERHEAD = 1024 + 10 * 512  # meta.json plus tar headers, per sample (an estimate for planning only)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedSample:
+    key: str
+    source: ImageInput
+    target: ImageInput
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardPlan:
+    split: str
+    index: int
+    samples: list[PlannedSample]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+def join_pairs(
+    pairs: list[PairInput], images: dict[str, ImageInput], features: dict[str, FeatureRow]
+) -> tuple[list[PlannedSample], list[Reject]]:
+    """Pairs whose two images have features become samples; the others are rejected with the reason."""
+    samples: list[PlannedSample] = []
+    rejects: list[Reject] = []
+    for pair in pairs:
+        problem = None
+        for role, image_id in (("source", pair.source_id), ("target", pair.target_id)):
+            row = features[images[image_id].content_hash]
+            if not row.ok:
+                problem = (f"{role}_rejected", f"line {pair.line}: {role} {images[image_id].source_path} was "
+                           f"rejected ({row.values['status']}): {row.values['detail']}")
+                break
+        if problem is not None:
+            rejects.append(Reject(kind="pair", id=pair.key, stage="pairs", reason=problem[0], detail=problem[1],
+                                  path=f"{images[pair.source_id].source_path},{images[pair.target_id].source_path}"))
+            continue
+        samples.append(PlannedSample(key=pair.key, source=images[pair.source_id], target=images[pair.target_id]))
+    return samples, rejects
+
+
+def plan_shards(
+    samples: list[PlannedSample],
+    features: dict[str, FeatureRow],
+    *,
+    split: str,
+    seed: int,
+    shard_bytes: int,
+    min_shards: int,
+) -> list[ShardPlan]:
+    """Shuffle (seeded, independent of input order) and cut into shards of equal sample counts.
+
+    The shard count is the larger of what the byte budget needs (with a 5% margin, since samples differ in
+    size) and ``min_shards`` (trainer readers), and never more than the number of samples.
+    """
+    if not samples:
+        return []
+    ordered = sorted(samples, key=lambda s: s.key)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    shuffled = [ordered[i] for i in order]
+    total = sum(
+        features[s.source.content_hash].values["source_bytes"] + features[s.target.content_hash].values["target_bytes"]
+        + META_OVERHEAD
+        for s in shuffled
+    )
+    count = max(math.ceil(total * 1.05 / shard_bytes), min_shards, 1)
+    count = min(count, len(shuffled))
+    bounds = np.linspace(0, len(shuffled), count + 1).round().astype(int)
+    return [
+        ShardPlan(split=split, index=i, samples=shuffled[bounds[i]:bounds[i + 1]])
+        for i in range(count)
+    ]
+
+
+def _round(value: float | None, digits: int = 5) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def sample_meta(sample: PlannedSample, source: dict, target: dict) -> dict:
+    """meta.json: ids, source paths, face and person figures, coverage (docs/ARCHITECTURE.md lists them)."""
+    return {
+        "source_id": sample.source.image_id,
+        "target_id": sample.target.image_id,
+        "source_path": sample.source.source_path,
+        "target_path": sample.target.source_path,
+        "source_sha256": sample.source.content_hash,
+        "target_sha256": sample.target.content_hash,
+        "source_size": [source["orig_h"], source["orig_w"]],
+        "target_size": [target["orig_h"], target["orig_w"]],
+        "face_ok": bool(source["face_ok"]),
+        "face_score": _round(source["face_score"]),
+        "face_det_score": _round(source["face_det_score"]),
+        "face_box": [_round(v, 2) for v in source["face_box"]],
+        "face_emb_norm": _round(source["face_emb_norm"]),
+        "source_person_score": _round(source["person_score"]),
+        "source_person_box": [_round(v, 2) for v in source["person_box"]],
+        "source_person_count": source["person_count"],
+        "target_person_score": _round(target["person_score"]),
+        "target_person_box": [_round(v, 2) for v in target["person_box"]],
+        "target_person_count": target["person_count"],
+        "pose_coverage": _round(target["pose_coverage"]),
+        "texture_coverage": _round(source["texture_coverage"]),
+    }
+
+
+def write_shard(
+    *, out_dir: str, plan: ShardPlan, geometry: Geometry, features: dict[str, FeatureRow], previews: bool
+) -> ShardRecord:
+    """Write one planned shard (atomically); samples in plan order, members copied from the feature table."""
+    reader = FeatureReader()
+    source_columns = [c for c, _ in SOURCE_MEMBERS] + (["preview_jpg", "face_jpg"] if previews else [])
+    target_columns = [c for c, _ in TARGET_MEMBERS] + (["preview_jpg"] if previews else [])
+    writer = ShardWriter(out_dir, split=plan.split, geometry=geometry, max_samples=len(plan.samples),
+                         start_index=plan.index)
+    with writer:
+        for sample in plan.samples:
+            source_row = features[sample.source.content_hash]
+            target_row = features[sample.target.content_hash]
+            source = reader.read(source_row, source_columns)
+            target = reader.read(target_row, target_columns)
+            members: dict[str, bytes] = {"__key__": sample.key}
+            for column, field in SOURCE_MEMBERS:
+                members[f"{field}.npy"] = source[column]
+            members["tgt_latent.npy"] = target["img_latent"]
+            members["tgt_pose.png"] = target["pose_png"]
+            members["meta.json"] = encode_field("meta", sample_meta(sample, source_row.values, target_row.values))
+            if previews:
+                members["src.jpg"] = source["preview_jpg"]
+                members["tgt.jpg"] = target["preview_jpg"]
+                if source["face_jpg"] is not None:
+                    members["face.jpg"] = source["face_jpg"]
+            writer.write_encoded(members)
+    (record,) = writer.records
+    assert record.name == plan.name
+    return record

@@ -1,0 +1,202 @@
+"""How the per-image stages map onto Ray: which stages, in which layout, with which resources.
+
+- fused (CPU clusters, the default without GPUs): one actor pool; each actor runs every stage on its
+  batch with one thread. On CPUs, pipelining stages across processes buys nothing but copies, and a
+  fixed thread count per worker keeps results identical whatever the number of workers.
+- staged (GPUs): DensePose, face, VAE and CLIP are actor pools that share each GPU; decode, texture,
+  resize and the feature write are CPU tasks, as DESIGN.md lays out.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from preprocess.job.chain import StageChain, StageSpec, run_chain_task
+from preprocess.job.decode import DecodeConfig, DecodeStage
+from preprocess.job.features import FeatureWriterConfig, FeatureWriterStage
+from preprocess.job.resize import ResizeConfig, ResizeStage
+from preprocess.models import ModelPaths, file_checksums, model_record, resolve_models
+
+GPU_STAGES = ("densepose", "face", "vae", "clip")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    images: str
+    pairs: str
+    out: str
+    models: str = "tiny"
+    height: int = 512
+    width: int = 512
+    shard_bytes: int = 10**9
+    resume: bool = False
+    overwrite: bool = False
+    max_errors: str = "0.5"
+    address: str | None = None
+    split: str = "train"
+    seed: int = 0
+    min_shards: int = 1
+    workers: int | None = None
+    batch_size: int = 4
+    layout: Literal["auto", "fused", "staged"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu_dtype: Literal["float32", "bfloat16"] = "float32"
+    pose_resize: Literal["mcld", "nearest"] = "mcld"
+    person_policy: Literal["top_score", "largest_box"] = "top_score"
+    previews: bool = True
+    max_pixels: int = 40_000_000
+    progress: bool = True
+    local_cpus: int | None = None
+    command: tuple[str, ...] = ()
+
+
+def ray_runtime_env() -> dict[str, Any]:
+    """What workers need beyond the installed package: never touch a model hub; the fault-test hook."""
+    env = dict(OFFLINE_ENV)
+    for name in ("MCLD_DATA_KILL_ONCE", "MCLD_DATA_CACHE"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return {"env_vars": env}
+
+
+@dataclass(kw_only=True)
+class Pipeline:
+    specs: list[StageSpec]  # the model and CPU stages, in order, without the feature writer
+    layout: str  # "fused" or "staged" once bound; may be "auto" before
+    device: str
+    batch_size: int
+    workers: int = 0
+    gpus: float = 0.0
+    cpus: float = 0.0
+    writer: StageSpec | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.specs] + ["features"]
+
+    def bind(self, *, directory: str, ray_resources: dict[str, float], requested_workers: int | None = None,
+             requested_layout: str = "auto") -> None:
+        """Fix layout and worker counts against the cluster actually joined."""
+        self.writer = StageSpec(name="features", cls=FeatureWriterStage,
+                                config=FeatureWriterConfig(directory=directory, previews=self._previews))
+        self.cpus = float(ray_resources.get("CPU", 1))
+        self.gpus = float(ray_resources.get("GPU", 0))
+        layout = requested_layout if requested_layout != "auto" else self.layout
+        if layout == "auto":
+            layout = "staged" if self.device == "cuda" else "fused"
+        self.layout = layout
+        if layout == "fused":
+            self.workers = requested_workers or max(1, int(self.cpus))
+        else:
+            self.workers = requested_workers or max(1, int(self.gpus) if self.device == "cuda" else 1)
+
+    _previews: bool = True
+
+    def apply(self, dataset):
+        import ray
+
+        chain = self.specs + [self.writer]
+        if self.layout == "fused":
+            return dataset.map_batches(
+                StageChain,
+                fn_constructor_kwargs={"specs": chain, "threads": 1},
+                batch_size=self.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=self.workers),
+                num_cpus=1,
+                num_gpus=(self.gpus / self.workers) if self.device == "cuda" else 0,
+                max_restarts=-1,
+                max_task_retries=-1,
+            )
+        # Staged: model stages are actor pools (sharing each GPU), the others are tasks.
+        operators = len(chain) + 1
+        share = min(1.0, self.cpus / operators)
+        for spec in chain:
+            if spec.name in GPU_STAGES:
+                extra = {"num_gpus": 1.0 / len(GPU_STAGES)} if self.device == "cuda" else {}
+                dataset = dataset.map_batches(
+                    StageChain,
+                    fn_constructor_kwargs={"specs": [spec], "threads": 1},
+                    batch_size=self.batch_size,
+                    compute=ray.data.ActorPoolStrategy(size=self.workers),
+                    num_cpus=share,
+                    max_restarts=-1,
+                    max_task_retries=-1,
+                    **extra,
+                )
+            else:
+                dataset = dataset.map_batches(
+                    run_chain_task,
+                    fn_kwargs={"specs": [spec], "threads": 1},
+                    batch_size=self.batch_size,
+                    num_cpus=share,
+                    max_retries=-1,
+                )
+        return dataset
+
+    def describe(self) -> str:
+        gpus = f", {self.gpus:g} GPUs" if self.gpus else ""
+        return (f"{self.layout} layout, {self.workers} workers, device {self.device}, batch {self.batch_size} "
+                f"({self.cpus:g} CPUs{gpus} in the cluster)")
+
+
+def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
+    """The stage specs for this job and the description that fingerprints the features."""
+    from preprocess.stages import stage_specs
+
+    paths: ModelPaths = resolve_models(config.models)
+    device = config.device
+    if device == "auto":
+        device = "cuda" if _cuda_in_cluster(config) else "cpu"
+    dtype = config.gpu_dtype if device == "cuda" else "float32"
+    decode = StageSpec(name="decode", cls=DecodeStage,
+                       config=DecodeConfig(images_root=config.images, max_pixels=config.max_pixels))
+    resize = StageSpec(name="resize", cls=ResizeStage,
+                       config=ResizeConfig(height=config.height, width=config.width, pose_resize=config.pose_resize))
+    model_specs, models = stage_specs(paths=paths, config=config, device=device, dtype=dtype)
+    by_name = {s.name: s for s in model_specs}
+    specs = [decode, by_name["densepose"], by_name["face"], by_name["texture"], resize, by_name["vae"], by_name["clip"]]
+    settings = {
+        "resolution": [config.height, config.width],
+        "pose_resize": config.pose_resize,
+        "person_policy": config.person_policy,
+        "max_pixels": config.max_pixels,
+        "previews": config.previews,
+        "device": device,
+        "dtype": dtype,
+    }
+    description = {
+        "fingerprint": {"models": [m.__dict__ for m in models], "settings": settings},
+        "models": models,
+        "settings": settings,
+        "tiny": paths.tiny,
+    }
+    pipeline = Pipeline(specs=specs, layout=config.layout, device=device, batch_size=config.batch_size)
+    pipeline._previews = config.previews
+    return pipeline, description
+
+
+def _cuda_in_cluster(config: JobConfig) -> bool:
+    if config.address or os.environ.get("RAY_ADDRESS"):
+        return False  # decided after joining: the caller passes --device cuda for GPU clusters
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def probe_models(config: JobConfig, pipeline: Pipeline) -> dict[str, Any]:
+    """Load every model once in a Ray worker before the run: bad model files fail here, with their
+    message, not in the middle of the job; and the manifest's model facts come from the models."""
+    import ray
+
+    from preprocess.stages import probe
+
+    resources = {"num_gpus": 1} if pipeline.device == "cuda" else {"num_cpus": 1}
+    remote = ray.remote(max_retries=0, **resources)(probe)
+    return ray.get(remote.remote(pipeline.specs))
+
+
+__all__ = ["JobConfig", "Pipeline", "build_pipeline", "probe_models", "ray_runtime_env", "file_checksums", "model_record"]

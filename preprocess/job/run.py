@@ -1,0 +1,421 @@
+"""The job: inputs -> per-image features (Ray Data, cached) -> pair join -> shards, rejects, stats, manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from preprocess.common import STATUS_OK
+from preprocess.job import inputs as job_inputs
+from preprocess.job.chain import StageChain, StageSpec, run_chain_task, timing_column
+from preprocess.job.features import (
+    FEATURES_DIR,
+    FeatureRow,
+    FeatureWriterConfig,
+    FeatureWriterStage,
+    features_dir,
+    fingerprint,
+    scan_features,
+)
+from preprocess.job.pairs import ShardPlan, join_pairs, plan_shards, write_shard
+from preprocess.job.plan import JobConfig, Pipeline, build_pipeline, probe_models
+from shards import storage
+from shards.manifest import (
+    MANIFEST_NAME,
+    REJECTS_NAME,
+    STATS_NAME,
+    Counts,
+    Manifest,
+    toolkit_version,
+    write_manifest,
+)
+from shards.rejects import Reject, count_by_reason, write_rejects
+from shards.schema import SCHEMA_VERSION
+from shards.writer import SPLIT_PATTERN
+
+
+class JobError(RuntimeError):
+    """The job cannot go on (bad arguments, error budget spent); the message says what to do."""
+
+
+@dataclass(kw_only=True)
+class ErrorBudget:
+    """--max-errors: a count ("20") or a fraction of the images ("0.05"). Rejected images count."""
+
+    limit: float
+    fraction: bool
+
+    @classmethod
+    def parse(cls, text: str) -> ErrorBudget:
+        try:
+            value = float(text)
+        except ValueError as error:
+            raise JobError(f"--max-errors {text!r}: give a count (e.g. 20) or a fraction (e.g. 0.05)") from error
+        if value < 0:
+            raise JobError(f"--max-errors {text!r}: must not be negative")
+        fraction = "." in text or (0 < value < 1)
+        if fraction and value > 1:
+            raise JobError(f"--max-errors {text!r}: a fraction must be at most 1")
+        return cls(limit=value, fraction=fraction)
+
+    def exceeded(self, errors: int, images: int) -> bool:
+        allowed = self.limit * images if self.fraction else self.limit
+        return errors > allowed
+
+    def describe(self) -> str:
+        return f"{self.limit:g} of the images" if self.fraction else f"{int(self.limit)} images"
+
+
+@dataclass(kw_only=True)
+class StageStats:
+    rows: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+def _log(message: str) -> None:
+    print(f"[build_shards] {message}", file=sys.stderr, flush=True)
+
+
+def prepare_output(config: JobConfig) -> None:
+    """Refuse to mix two runs in one folder unless --resume (reuse) or --overwrite (start afresh)."""
+    out = config.out
+    if storage.exists(out) and not storage.is_dir(out):
+        raise JobError(f"--out {out}: exists and is not a folder")
+    storage.makedirs(out)
+    names = set(storage.list_names(out))
+    ours = {MANIFEST_NAME, REJECTS_NAME, STATS_NAME, FEATURES_DIR}
+    previous = {n for n in names if n in ours or n.endswith(".tar") or (n.startswith(".") and n.endswith(".tmp"))}
+    if previous and not (config.resume or config.overwrite):
+        raise JobError(
+            f"--out {out}: holds a previous run ({', '.join(sorted(previous)[:4])}...). Pass --resume to reuse its "
+            "features (a killed or changed run continues; finished images are not recomputed), --overwrite to "
+            "delete it, or choose another folder"
+        )
+    if config.overwrite:
+        import shutil
+
+        for name in previous:
+            location = storage.join(out, name)
+            if storage.is_dir(location) and not storage.is_url(location):
+                shutil.rmtree(location)
+            else:
+                storage.remove(location)
+    elif MANIFEST_NAME in names:
+        # From here until the new manifest is written, the folder is an unfinished output.
+        storage.remove(storage.join(out, MANIFEST_NAME))
+
+
+def hash_inputs(images_root: str, paths: list[str], *, threads: int = 8) -> dict[str, tuple[str, int] | OSError]:
+    def one(path: str) -> tuple[str, tuple[str, int] | OSError]:
+        location = storage.join(images_root, path)
+        try:
+            if storage.is_dir(location):
+                return path, IsADirectoryError(21, "is a directory", location)
+            return path, job_inputs.hash_file(location)
+        except OSError as error:
+            return path, error
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return dict(pool.map(one, paths))
+
+
+def compute_features(
+    config: JobConfig,
+    pipeline: Pipeline,
+    todo: list[job_inputs.ImageInput],
+    *,
+    budget: ErrorBudget,
+    errors_so_far: int,
+    images_total: int,
+) -> dict[str, StageStats]:
+    """Run the per-image stages over the images not yet in the cache; features land in the table."""
+    import ray
+    from tqdm import tqdm
+
+    stats: dict[str, StageStats] = defaultdict(StageStats)
+    if not todo:
+        return stats
+    dataset = ray.data.from_items(
+        [
+            {
+                "image_id": image.image_id,
+                "source_path": image.source_path,
+                "content_hash": image.content_hash,
+                "status": STATUS_OK,
+                "reject_stage": "",
+                "detail": "",
+            }
+            for image in todo
+        ],
+        override_num_blocks=max(1, min(len(todo), (len(todo) + config.batch_size - 1) // config.batch_size)),
+    )
+    dataset = pipeline.apply(dataset)
+    errors = errors_so_far
+    bar = tqdm(total=len(todo), desc="images", unit="img", disable=not config.progress, file=sys.stderr)
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            n = len(batch["image_id"])
+            bar.update(n)
+            for column, values in batch.items():
+                if column.startswith("seconds_"):
+                    stats[column.removeprefix("seconds_")].seconds += float(np.sum(values))
+            for name in pipeline.stage_names:
+                stats[name].rows += n
+            for status, stage in zip(batch["status"], batch["reject_stage"]):
+                if status != STATUS_OK:
+                    stats[str(stage)].rejected[str(status)] += 1
+                    errors += 1
+            if budget.exceeded(errors, images_total):
+                raise JobError(
+                    f"error budget spent: {errors} of {images_total} images rejected, more than --max-errors allows "
+                    f"({budget.describe()}). The features computed so far are kept: look at the reasons with "
+                    f"`python -c \"import pyarrow.parquet as pq; print(pq.read_table('{storage.join(config.out, FEATURES_DIR)}', "
+                    f"columns=['image_id','status','detail']).to_pandas().query('status != \\\"ok\\\"'))\"`, fix the "
+                    "inputs or raise --max-errors, then rerun with --resume"
+                )
+    finally:
+        bar.close()
+    return stats
+
+
+def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
+    """Per-dimension mean and std of the image CLIP embeddings over the run's ok images (float64 sums)."""
+    import pyarrow.parquet as pq
+
+    from preprocess.job.features import FeatureReader
+
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for row in rows:
+        wanted[row.file].add(row.row)
+    total = None
+    total_sq = None
+    count = 0
+    for file, row_numbers in sorted(wanted.items()):
+        with storage.open_read(file) as stream:
+            table = pq.read_table(stream, columns=["img_clip"])
+        for row in sorted(row_numbers):
+            vector = np.load(__import__("io").BytesIO(table.column("img_clip")[row].as_py())).astype(np.float64)
+            total = vector if total is None else total + vector
+            total_sq = vector**2 if total_sq is None else total_sq + vector**2
+            count += 1
+    del FeatureReader
+    if not count:
+        return [], []
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, FeatureRow], geometry) -> list:
+    """One Ray task per shard; a task that dies is retried, and rewrites its shard whole."""
+    import ray
+
+    @ray.remote(num_cpus=1, max_retries=3)
+    def task(plan: ShardPlan, rows: dict[str, FeatureRow]):
+        return write_shard(out_dir=config.out, plan=plan, geometry=geometry, features=rows, previews=config.previews)
+
+    futures = []
+    for plan in plans:
+        needed = {s.source.content_hash for s in plan.samples} | {s.target.content_hash for s in plan.samples}
+        futures.append(task.remote(plan, {h: features[h] for h in needed}))
+    return ray.get(futures)
+
+
+def remove_stale_shards(out: str, split: str, keep: set[str]) -> None:
+    for name in storage.list_names(out):
+        stale_shard = name.startswith(f"{split}-") and name.endswith(".tar") and name not in keep
+        leftover = name.startswith(".") and name.endswith(".tmp")
+        if stale_shard or leftover:
+            storage.remove(storage.join(out, name))
+
+
+def run_job(config: JobConfig) -> Manifest:
+    import ray
+
+    if not SPLIT_PATTERN.match(config.split):
+        raise JobError(f"--split {config.split!r}: use lowercase letters and digits (it names the shards)")
+    budget = ErrorBudget.parse(config.max_errors)
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+    prepare_output(config)
+
+    rows = job_inputs.read_pairs(config.pairs)
+    if not rows:
+        raise JobError(f"--pairs {config.pairs}: no pairs (only a header, or empty)")
+    paths = job_inputs.referenced_paths(rows)
+    _log(f"{len(rows)} pairs naming {len(paths)} images under {config.images}")
+    hashes = hash_inputs(config.images, paths)
+    listed = job_inputs.list_inputs(images_root=config.images, rows=rows, hashes=hashes)
+    phases["list_inputs"] = time.perf_counter() - started
+    if budget.exceeded(len(listed.image_rejects), listed.images_in):
+        examples = "; ".join(r.detail for r in listed.image_rejects[:3])
+        raise JobError(
+            f"{len(listed.image_rejects)} of {listed.images_in} images named by --pairs cannot be read ({examples}), "
+            f"more than --max-errors allows ({budget.describe()}). Is --images the folder the pairs are relative to?"
+        )
+
+    pipeline, description = build_pipeline(config)
+    fp = fingerprint(description["fingerprint"])
+    directory = features_dir(config.out, fp)
+    storage.makedirs(directory)
+    cached = scan_features(directory)
+    representatives: dict[str, job_inputs.ImageInput] = {}
+    for image in listed.images:
+        representatives.setdefault(image.content_hash, image)
+    todo = [image for digest, image in sorted(representatives.items()) if digest not in cached]
+    _log(
+        f"{len(listed.images)} readable images ({len(representatives)} distinct), {len(representatives) - len(todo)} "
+        f"already in the feature cache, {len(todo)} to compute; models fingerprint {fp[:16]}"
+    )
+
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        init_ray(config)
+    try:
+        t = time.perf_counter()
+        probe = probe_models(config, pipeline)
+        phases["load_models"] = time.perf_counter() - t
+        pipeline.bind(directory=directory, ray_resources=ray.cluster_resources())
+        _log(pipeline.describe())
+        t = time.perf_counter()
+        stage_stats = compute_features(
+            config, pipeline, todo, budget=budget, errors_so_far=len(listed.image_rejects),
+            images_total=listed.images_in,
+        )
+        phases["features"] = time.perf_counter() - t
+        features = scan_features(directory)
+        missing = [image for image in representatives.values() if image.content_hash not in features]
+        if missing:
+            raise JobError(f"{len(missing)} images have no feature rows after the run (e.g. {missing[0].source_path}); rerun with --resume")
+
+        image_rejects = list(listed.image_rejects)
+        by_id = {image.image_id: image for image in listed.images}
+        for image in listed.images:
+            row = features[image.content_hash]
+            if not row.ok:
+                image_rejects.append(Reject(kind="image", id=image.image_id, stage=row.values["reject_stage"],
+                                            reason=row.values["status"], detail=row.values["detail"],
+                                            path=image.source_path))
+        samples, joined_rejects = join_pairs(listed.pairs, by_id, features)
+        pair_rejects = listed.pair_rejects + joined_rejects
+        t = time.perf_counter()
+        plans = plan_shards(samples, features, split=config.split, seed=config.seed,
+                            shard_bytes=config.shard_bytes, min_shards=config.min_shards)
+        remove_stale_shards(config.out, config.split, {p.name for p in plans})
+        geometry = description["geometry"]
+        records = write_shards(config, plans, features, geometry)
+        phases["shards"] = time.perf_counter() - t
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+    ok_rows = [features[h] for h in {i.content_hash for i in listed.images} if features[h].ok]
+    clip_mean, clip_std = clip_statistics(ok_rows)
+    counts = Counts(
+        images_in=listed.images_in,
+        images_ok=len(listed.images) - sum(1 for i in listed.images if not features[i.content_hash].ok),
+        images_rejected=count_by_reason(image_rejects, "image"),
+        pairs_in=listed.pairs_in,
+        pairs_written=sum(r.samples for r in records),
+        pairs_rejected=count_by_reason(pair_rejects, "pair"),
+        pairs_face_ok=sum(1 for s in samples if features[s.source.content_hash].values["face_ok"]),
+    )
+    problems = counts.problems()
+    if problems:
+        raise JobError(f"internal accounting error, please report: {problems}")
+    write_rejects(storage.join(config.out, REJECTS_NAME), image_rejects + pair_rejects)
+    phases["total"] = time.perf_counter() - started
+    stats = job_stats(config, pipeline, stage_stats, phases, listed, todo, counts)
+    storage.write_bytes_atomic(storage.join(config.out, STATS_NAME),
+                               (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        toolkit_version=toolkit_version(),
+        command=list(config.command),
+        tiny=description["tiny"],
+        height=config.height,
+        width=config.width,
+        pose_resize=config.pose_resize,
+        latent_channels=geometry.latent_channels,
+        latent_dtype="float16",
+        vae_scaling_factor=probe["vae_scaling_factor"],
+        clip_dim=geometry.clip_dim,
+        clip_dtype="float16",
+        clip_null_embedding=probe["clip_null_embedding"],
+        clip_mean=clip_mean,
+        clip_std=clip_std,
+        face_dim=geometry.face_dim,
+        seed=config.seed,
+        models=description["models"],
+        shards=sorted(records, key=lambda r: r.name),
+        counts=counts,
+        settings={**description["settings"], "features_fingerprint": fp, "face_provider": probe.get("face_provider")},
+    )
+    write_manifest(config.out, manifest)
+    print_table(stats, file=sys.stderr)
+    return manifest
+
+
+def init_ray(config: JobConfig) -> None:
+    import ray
+
+    from preprocess.job.plan import ray_runtime_env
+
+    ctx_kwargs: dict[str, Any] = {"runtime_env": ray_runtime_env(), "log_to_driver": True}
+    if config.address:
+        ray.init(address=config.address, **ctx_kwargs)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(**ctx_kwargs)  # inside `ray job submit`: join the cluster the job runs on
+    else:
+        ray.init(num_cpus=config.local_cpus, include_dashboard=False, **ctx_kwargs)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = config.progress
+    context.print_on_execution_start = config.progress
+
+
+def job_stats(config, pipeline, stage_stats, phases, listed, todo, counts) -> dict:
+    stages = {}
+    for name in pipeline.stage_names:
+        s = stage_stats.get(name, StageStats())
+        stages[name] = {
+            "images": s.rows,
+            "rejected": dict(sorted(s.rejected.items())),
+            "worker_seconds": round(s.seconds, 3),
+            "images_per_worker_second": round(s.rows / s.seconds, 2) if s.seconds > 0 else None,
+        }
+    computed = len(todo)
+    return {
+        "stages": stages,
+        "phases_seconds": {k: round(v, 3) for k, v in phases.items()},
+        "images_computed": computed,
+        "images_cached": len({i.content_hash for i in listed.images}) - computed,
+        "images_per_second": round(computed / phases["features"], 3) if computed and phases.get("features") else None,
+        "workers": pipeline.workers,
+        "layout": pipeline.layout,
+        "counts": asdict(counts),
+    }
+
+
+def print_table(stats: dict, *, file) -> None:
+    print(f"{'stage':<12}{'images':>8}{'rejected':>10}{'worker s':>10}{'img/s/worker':>14}", file=file)
+    for name, s in stats["stages"].items():
+        rate = s["images_per_worker_second"]
+        print(f"{name:<12}{s['images']:>8}{sum(s['rejected'].values()):>10}{s['worker_seconds']:>10.2f}"
+              f"{(f'{rate:.2f}' if rate else '-'):>14}", file=file)
+    rate = stats["images_per_second"]
+    print(f"{stats['images_computed']} images computed ({stats['images_cached']} from the cache) with "
+          f"{stats['workers']} workers ({stats['layout']}): "
+          f"{rate if rate is not None else '-'} images/s end to end", file=file)
+
+
+__all__ = ["JobError", "run_job", "ErrorBudget", "StageChain", "StageSpec", "run_chain_task", "timing_column",
+           "FeatureWriterConfig", "FeatureWriterStage"]

