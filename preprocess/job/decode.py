@@ -49,7 +49,9 @@ def decode_image(data: bytes, *, path: str, config: DecodeConfig) -> np.ndarray:
             image.load()
     except SampleError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise SampleError("too_large", f"{path}: {error}") from error
+    except UnidentifiedImageError as error:
         raise SampleError("decode_failed", f"{path}: {error}") from error
     except (OSError, ValueError, SyntaxError, EOFError) as error:  # truncated or malformed data
         raise SampleError("decode_failed", f"{path}: {error}") from error

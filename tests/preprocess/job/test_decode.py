@@ -1,0 +1,78 @@
+import hashlib
+
+import numpy as np
+import pytest
+
+from preprocess.job.decode import DecodeConfig, DecodeStage
+from tests.preprocess.job.hostile import astronaut, write_hostile_folder
+
+
+def run_decode(root, names, hashes):
+    batch = {
+        "image_id": np.array([f"id{i}" for i in range(len(names))], dtype=object),
+        "source_path": np.array(names, dtype=object),
+        "content_hash": np.array([hashes.get(n, "") for n in names], dtype=object),
+        "status": np.array(["ok"] * len(names), dtype=object),
+        "reject_stage": np.array([""] * len(names), dtype=object),
+        "detail": np.array([""] * len(names), dtype=object),
+    }
+    return DecodeStage(config=DecodeConfig(images_root=str(root)))(batch)
+
+
+def test_hostile_files_decode_or_are_rejected_with_their_reason(tmp_path):
+    expected = write_hostile_folder(tmp_path)
+    names = sorted(n for n in expected if n != "loop_a.jpg")
+    hashes = {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in names}
+    out = run_decode(tmp_path, names, hashes)
+    for i, name in enumerate(names):
+        reason = expected[name] or "ok"
+        assert out["status"][i] == reason, (name, out["status"][i], out["detail"][i])
+        if reason == "ok":
+            image = out["image"][i]
+            assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+            assert out["reject_stage"][i] == ""
+        else:
+            assert out["reject_stage"][i] == "decode"
+            assert name in out["detail"][i]  # the message names the file
+
+
+def test_conversions_are_right(tmp_path):
+    write_hostile_folder(tmp_path)
+    names = ["good.jpg", "rotated.jpg", "alpha.png", "sixteen bit.png", "cmyk.jpg"]
+    hashes = {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in names}
+    out = run_decode(tmp_path, names, hashes)
+    good, rotated, alpha, sixteen, cmyk = (out["image"][i].astype(int) for i in range(5))
+    photo = astronaut().astype(int)
+    assert rotated.shape == photo.shape  # EXIF orientation applied: upright again
+    assert np.abs(rotated - photo).mean() < 6
+    np.testing.assert_array_equal(alpha, photo)  # alpha dropped, colour kept
+    np.testing.assert_array_equal(sixteen[..., 0], photo[..., 0])  # top 8 bits of the 16-bit values
+    assert np.abs(cmyk - photo).mean() < 12
+    assert np.abs(good - photo).mean() < 4
+
+
+def test_a_file_that_changed_since_listing_is_refused(tmp_path):
+    write_hostile_folder(tmp_path)
+    out = run_decode(tmp_path, ["good.jpg"], {"good.jpg": "0" * 64})
+    assert out["status"][0] == "changed_during_run"
+
+
+def test_symlink_loop_is_unreadable(tmp_path):
+    write_hostile_folder(tmp_path)
+    out = run_decode(tmp_path, ["loop_a.jpg"], {})
+    assert out["status"][0] == "unreadable"
+    assert "loop_a.jpg" in out["detail"][0]
+
+
+@pytest.mark.parametrize("limit", [1000, 10**9])
+def test_pixel_limit(tmp_path, limit):
+    write_hostile_folder(tmp_path)
+    data = (tmp_path / "good.jpg").read_bytes()
+    stage = DecodeStage(config=DecodeConfig(images_root=str(tmp_path), max_pixels=limit))
+    out = stage({
+        "image_id": np.array(["a"], dtype=object), "source_path": np.array(["good.jpg"], dtype=object),
+        "content_hash": np.array([hashlib.sha256(data).hexdigest()], dtype=object),
+        "status": np.array(["ok"], dtype=object), "reject_stage": np.array([""], dtype=object),
+        "detail": np.array([""], dtype=object),
+    })
+    assert out["status"][0] == ("too_large" if limit == 1000 else "ok")

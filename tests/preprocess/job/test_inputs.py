@@ -1,0 +1,57 @@
+import pytest
+
+from preprocess.job.inputs import InputError, PairRow, list_inputs, normalize_relative, read_pairs, referenced_paths
+
+
+def test_read_pairs(tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("from,to,extra\na.jpg, b.jpg ,x\nc d/ü.jpg,a.jpg,\n", encoding="utf-8")
+    rows = read_pairs(str(csv))
+    assert rows == [PairRow(line=2, source="a.jpg", target="b.jpg"), PairRow(line=3, source="c d/ü.jpg", target="a.jpg")]
+    assert referenced_paths(rows) == ["a.jpg", "b.jpg", "c d/ü.jpg"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("source,target\na,b\n", "header row naming columns 'from' and 'to'"),
+    ("", "header row"),
+])
+def test_bad_pairs_files(tmp_path, text, message):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_pairs(str(csv))
+    with pytest.raises(InputError, match="no such file"):
+        read_pairs(str(tmp_path / "missing.csv"))
+
+
+def test_normalize_relative():
+    assert normalize_relative("a/./b.jpg") == "a/b.jpg"
+    assert normalize_relative("a\\b.jpg") == "a/b.jpg"
+    for bad in ("", "/etc/passwd", "../x.jpg", "a/../../x.jpg", "s3://b/x.jpg", "."):
+        assert normalize_relative(bad) is None
+
+
+def test_every_row_and_path_gets_a_fate():
+    rows = [
+        PairRow(line=2, source="a.jpg", target="b.jpg"),
+        PairRow(line=3, source="a.jpg", target="gone.jpg"),
+        PairRow(line=4, source="gone.jpg", target="b.jpg"),
+        PairRow(line=5, source="a.jpg", target="b.jpg"),  # duplicate
+        PairRow(line=6, source="../x.jpg", target="b.jpg"),
+        PairRow(line=7, source="a b.jpg", target="a_b.jpg"),  # colliding ids, distinct content
+        PairRow(line=8, source="b.jpg", target="locked.jpg"),
+    ]
+    hashes = {
+        "a.jpg": ("1" * 64, 10), "b.jpg": ("2" * 64, 10), "gone.jpg": FileNotFoundError(2, "No such file"),
+        "a b.jpg": ("3" * 64, 10), "a_b.jpg": ("4" * 64, 10), "locked.jpg": PermissionError(13, "Permission denied"),
+    }
+    listed = list_inputs(images_root="/r", rows=rows, hashes=hashes)
+    assert listed.images_in == 6 and listed.pairs_in == 7
+    assert sorted(i.image_id for i in listed.images) == ["a_b_jpg_33333333", "a_b_jpg_44444444", "a_jpg", "b_jpg"]
+    assert {(r.reason, r.path) for r in listed.image_rejects} == {("missing_file", "gone.jpg"), ("unreadable", "locked.jpg")}
+    assert [p.key for p in listed.pairs] == ["a_jpg__b_jpg", "a_b_jpg_33333333__a_b_jpg_44444444"]
+    reasons = sorted(r.reason for r in listed.pair_rejects)
+    assert reasons == ["bad_path", "duplicate_pair", "missing_source", "missing_target", "unreadable_target"]
+    assert len(listed.pairs) + len(listed.pair_rejects) == listed.pairs_in
+    for reject in listed.pair_rejects:
+        assert reject.detail.startswith("line ")
