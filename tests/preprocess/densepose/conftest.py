@@ -1,0 +1,67 @@
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from preprocess.densepose.tiny import write_tiny_densepose
+
+# Two threads: the CI machine has two cores, and other suites may run beside this one.
+torch.set_num_threads(2)
+
+FIXTURES = Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "densepose"
+
+
+def fixture_cases() -> list[tuple[str, dict, dict]]:
+    """(folder, cases.json, case) for every parity case; empty when ../shared is absent (a user's clone)."""
+    if not FIXTURES.is_dir():
+        return []
+    out = []
+    for folder in sorted(p for p in FIXTURES.iterdir() if (p / "cases.json").is_file()):
+        spec = json.loads((folder / "cases.json").read_text())
+        for case in spec["cases"]:
+            out.append((folder.name, spec, case))
+    return out
+
+
+@pytest.fixture(scope="session")
+def fixtures_root() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"DensePose parity fixtures not found at {FIXTURES.resolve()} (the shared folder beside the repo)")
+    return FIXTURES.resolve()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    return write_tiny_densepose(tmp_path_factory.mktemp("tiny-densepose"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny):
+    from preprocess.densepose.predictor import DensePosePredictor
+
+    return DensePosePredictor(config_path=tiny[0], weights_path=tiny[1])
+
+
+def child_config(directory: Path, base: Path, text: str, name: str = "child.yaml") -> Path:
+    """A yaml that overrides ``base`` through ``_BASE_`` (absolute path, so it may live anywhere)."""
+    path = directory / name
+    path.write_text(f'_BASE_: "{base}"\n{text}', encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def group_photo() -> np.ndarray:
+    """insightface's sample t1.jpg (several people), RGB."""
+    import insightface
+
+    path = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    return np.ascontiguousarray(cv2.imread(str(path))[:, :, ::-1])

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from diffusers import AutoencoderKL
+
+from shards.manifest import ModelRecord, read_manifest, write_manifest
+from shards.schema import Geometry
+from shards.synthetic import write_synthetic_dataset
+from train.config import CONFIG_DIR, config_from_dict
+from train.model import build_mcld
+
+CLIP_DIM = 24
+GEOMETRY = Geometry(height=64, width=64, clip_dim=CLIP_DIM)
+
+
+def tiny_config_dict(**sections) -> dict:
+    """The packaged tiny config with sections updated (one level deep), e.g. solver={"max_steps": 3}."""
+    data = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(data.get(name), dict):
+            data[name].update(values)
+        else:
+            data[name] = values
+    return data
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(tiny_config_dict(**sections)))
+    return path
+
+
+def tiny_model(*, clip_dim: int = CLIP_DIM, seed: int = 0, **model_overrides):
+    config = config_from_dict(tiny_config_dict(model=model_overrides) if model_overrides else tiny_config_dict(),
+                              where="tiny-test")
+    torch.manual_seed(seed)
+    return build_mcld(config.model, clip_dim=clip_dim, face_dim=512, latent_channels=8, where="tiny-test")
+
+
+def model_inputs(*, batch: int = 2, clip_dim: int = CLIP_DIM, size: int = 64, seed: int = 1, face_ok=None) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    latent = size // 8
+    return dict(
+        noisy_latents=torch.randn(batch, 4, latent, latent, generator=generator),
+        timesteps=torch.randint(0, 1000, (batch,), generator=generator),
+        src_clip=torch.randn(batch, clip_dim, generator=generator),
+        tex_clip=torch.randn(batch, clip_dim, generator=generator),
+        face_emb=torch.randn(batch, 512, generator=generator) * 20,
+        face_ok=torch.ones(batch, dtype=torch.bool) if face_ok is None else torch.tensor(face_ok),
+        pose=torch.rand(batch, 3, size, size, generator=generator),
+        ref_latents=torch.randn(batch, 4, latent, latent, generator=generator),
+    )
+
+
+def call(model, inputs: dict, **changes) -> torch.Tensor:
+    values = dict(inputs, **changes)
+    return model(values.pop("noisy_latents"), values.pop("timesteps"), **values)
+
+
+def write_tiny_vae(folder: Path, *, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=0.18215,
+    )
+    vae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def add_vae_record(out_dir: Path, vae_folder: Path) -> None:
+    """Record a VAE in a synthetic output's manifest, as the job does (names prefixed by the folder name)."""
+    manifest = read_manifest(str(out_dir))
+    files = {f"{vae_folder.name}/{p.relative_to(vae_folder).as_posix()}": hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(vae_folder.rglob("*")) if p.is_file()}
+    manifest.models.append(ModelRecord(name="vae", source=str(vae_folder), files=files, settings={}, tiny=True))
+    write_manifest(str(out_dir), manifest)
+
+
+@pytest.fixture(scope="session")
+def shards_dir(tmp_path_factory) -> Path:
+    """16 samples, 4 shards of 64x64 synthetic features, CLIP width 24."""
+    out = tmp_path_factory.mktemp("train-shards") / "out"
+    write_synthetic_dataset(str(out), geometry=GEOMETRY, samples=16, samples_per_shard=4, seed=3)
+    return out
+
+
+@pytest.fixture()
+def fresh_accelerate():
+    """Each in-process run builds its own Accelerator; accelerate keeps process-wide state between them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def clone(module):
+    return copy.deepcopy(module)
