@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from preprocess.job.chain import StageChain, StageSpec, run_chain_task
 from preprocess.job.decode import DecodeConfig, DecodeStage
 from preprocess.job.features import FeatureWriterConfig, FeatureWriterStage
 from preprocess.job.resize import ResizeConfig, ResizeStage
-from preprocess.models import ModelPaths, file_checksums, model_record, resolve_models
+from preprocess.models import ModelPaths, resolve_models
 
 GPU_STAGES = ("densepose", "face", "vae", "clip")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -68,33 +68,29 @@ class Pipeline:
     layout: str  # "fused" or "staged" once bound; may be "auto" before
     device: str
     batch_size: int
+    previews: bool
+    requested_workers: int | None = None
     workers: int = 0
     gpus: float = 0.0
     cpus: float = 0.0
     writer: StageSpec | None = None
-    resources: dict[str, float] = field(default_factory=dict)
 
     @property
     def stage_names(self) -> list[str]:
         return [s.name for s in self.specs] + ["features"]
 
-    def bind(self, *, directory: str, ray_resources: dict[str, float], requested_workers: int | None = None,
-             requested_layout: str = "auto") -> None:
-        """Fix layout and worker counts against the cluster actually joined."""
+    def bind(self, *, directory: str, ray_resources: dict[str, float]) -> None:
+        """Fix the feature folder, the layout and the worker count against the cluster actually joined."""
         self.writer = StageSpec(name="features", cls=FeatureWriterStage,
-                                config=FeatureWriterConfig(directory=directory, previews=self._previews))
+                                config=FeatureWriterConfig(directory=directory, previews=self.previews))
         self.cpus = float(ray_resources.get("CPU", 1))
         self.gpus = float(ray_resources.get("GPU", 0))
-        layout = requested_layout if requested_layout != "auto" else self.layout
-        if layout == "auto":
-            layout = "staged" if self.device == "cuda" else "fused"
-        self.layout = layout
-        if layout == "fused":
-            self.workers = requested_workers or max(1, int(self.cpus))
+        if self.layout == "auto":
+            self.layout = "staged" if self.device == "cuda" else "fused"
+        if self.layout == "fused":
+            self.workers = self.requested_workers or max(1, int(self.cpus))
         else:
-            self.workers = requested_workers or max(1, int(self.gpus) if self.device == "cuda" else 1)
-
-    _previews: bool = True
+            self.workers = self.requested_workers or max(1, int(self.gpus) if self.device == "cuda" else 1)
 
     def apply(self, dataset):
         import ray
@@ -108,8 +104,6 @@ class Pipeline:
                 compute=ray.data.ActorPoolStrategy(size=self.workers),
                 num_cpus=1,
                 num_gpus=(self.gpus / self.workers) if self.device == "cuda" else 0,
-                max_restarts=-1,
-                max_task_retries=-1,
             )
         # Staged: model stages are actor pools (sharing each GPU), the others are tasks.
         operators = len(chain) + 1
@@ -123,8 +117,6 @@ class Pipeline:
                     batch_size=self.batch_size,
                     compute=ray.data.ActorPoolStrategy(size=self.workers),
                     num_cpus=share,
-                    max_restarts=-1,
-                    max_task_retries=-1,
                     **extra,
                 )
             else:
@@ -133,7 +125,6 @@ class Pipeline:
                     fn_kwargs={"specs": [spec], "threads": 1},
                     batch_size=self.batch_size,
                     num_cpus=share,
-                    max_retries=-1,
                 )
         return dataset
 
@@ -169,13 +160,13 @@ def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
         "dtype": dtype,
     }
     description = {
-        "fingerprint": {"models": [m.__dict__ for m in models], "settings": settings},
+        "fingerprint": {"models": [asdict(m) for m in models], "settings": settings},
         "models": models,
         "settings": settings,
         "tiny": paths.tiny,
     }
-    pipeline = Pipeline(specs=specs, layout=config.layout, device=device, batch_size=config.batch_size)
-    pipeline._previews = config.previews
+    pipeline = Pipeline(specs=specs, layout=config.layout, device=device, batch_size=config.batch_size,
+                        previews=config.previews, requested_workers=config.workers)
     return pipeline, description
 
 
@@ -198,5 +189,3 @@ def probe_models(config: JobConfig, pipeline: Pipeline) -> dict[str, Any]:
     remote = ray.remote(max_retries=0, **resources)(probe)
     return ray.get(remote.remote(pipeline.specs))
 
-
-__all__ = ["JobConfig", "Pipeline", "build_pipeline", "probe_models", "ray_runtime_env", "file_checksums", "model_record"]

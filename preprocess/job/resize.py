@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from preprocess.common import batch_len, ok_indices
+from preprocess.vae.stage import resize_to
 
 STAGE = "resize"
 
@@ -28,17 +29,10 @@ class ResizeConfig:
             raise ValueError(f"pose_resize must be 'mcld' or 'nearest', got {self.pose_resize!r}")
 
 
-def squash(image: np.ndarray, *, height: int, width: int, resample: int = Image.BICUBIC) -> np.ndarray:
-    """PIL resize of an H x W x 3 uint8 array to height x width (no crop, aspect not kept)."""
-    if image.shape[:2] == (height, width):
-        return np.ascontiguousarray(image)
-    return np.asarray(Image.fromarray(image).resize((width, height), resample=resample))
-
-
 def resize_pose(iuv: np.ndarray, *, height: int, width: int, policy: str) -> np.ndarray:
-    """The (I, U, V) array at height x width; PIL filters channels independently, so channel order is moot."""
-    resample = Image.BICUBIC if policy == "mcld" else Image.NEAREST
-    return squash(iuv, height=height, width=width, resample=resample)
+    """The (I, U, V) array at height x width, per the pose_resize policy."""
+    resample = Image.Resampling.BICUBIC if policy == "mcld" else Image.Resampling.NEAREST
+    return resize_to(iuv, height, width, resample=resample)
 
 
 class ResizeStage:
@@ -55,8 +49,8 @@ class ResizeStage:
         texture_hw = np.zeros((n, h, w, 3), np.uint8)
         pose_hw = np.zeros((n, h, w, 3), np.uint8)
         for i in ok_indices(batch):
-            image_hw[i] = squash(batch["image"][i], height=h, width=w)
-            texture_hw[i] = squash(batch["texture"][i], height=h, width=w)
+            image_hw[i] = resize_to(batch["image"][i], h, w)
+            texture_hw[i] = resize_to(batch["texture"][i], h, w)
             pose_hw[i] = resize_pose(batch["iuv"][i], height=h, width=w, policy=self.config.pose_resize)
         batch["image_hw"] = image_hw
         batch["texture_hw"] = texture_hw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -15,16 +16,7 @@ import numpy as np
 
 from preprocess.common import STATUS_OK
 from preprocess.job import inputs as job_inputs
-from preprocess.job.chain import StageChain, StageSpec, run_chain_task, timing_column
-from preprocess.job.features import (
-    FEATURES_DIR,
-    FeatureRow,
-    FeatureWriterConfig,
-    FeatureWriterStage,
-    features_dir,
-    fingerprint,
-    scan_features,
-)
+from preprocess.job.features import FEATURES_DIR, FeatureRow, features_dir, fingerprint, scan_features
 from preprocess.job.pairs import ShardPlan, join_pairs, plan_shards, write_shard
 from preprocess.job.plan import JobConfig, Pipeline, build_pipeline, probe_models
 from shards import storage
@@ -38,7 +30,7 @@ from shards.manifest import (
     write_manifest,
 )
 from shards.rejects import Reject, count_by_reason, write_rejects
-from shards.schema import SCHEMA_VERSION
+from shards.schema import SCHEMA_VERSION, Geometry
 from shards.writer import SPLIT_PATTERN
 
 
@@ -188,31 +180,25 @@ def compute_features(
 
 
 def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
-    """Per-dimension mean and std of the image CLIP embeddings over the run's ok images (float64 sums)."""
+    """Per-dimension mean and std of the source-image CLIP embeddings over the run's ok images (the
+    reference adds noise of this scale to the source-image embedding), merged exactly."""
     import pyarrow.parquet as pq
 
-    from preprocess.job.features import FeatureReader
+    from preprocess.clip.stats import EmbeddingStats
 
     wanted: dict[str, set[int]] = defaultdict(set)
     for row in rows:
         wanted[row.file].add(row.row)
-    total = None
-    total_sq = None
-    count = 0
+    stats = None
     for file, row_numbers in sorted(wanted.items()):
         with storage.open_read(file) as stream:
-            table = pq.read_table(stream, columns=["img_clip"])
-        for row in sorted(row_numbers):
-            vector = np.load(__import__("io").BytesIO(table.column("img_clip")[row].as_py())).astype(np.float64)
-            total = vector if total is None else total + vector
-            total_sq = vector**2 if total_sq is None else total_sq + vector**2
-            count += 1
-    del FeatureReader
-    if not count:
+            column = pq.read_table(stream, columns=["img_clip"]).column("img_clip")
+        vectors = np.stack([np.load(io.BytesIO(column[row].as_py())) for row in sorted(row_numbers)])
+        stats = stats or EmbeddingStats(vectors.shape[1])
+        stats.update(vectors.astype(np.float16))
+    if stats is None:
         return [], []
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return [float(v) for v in mean], [float(v) for v in std]
+    return [float(v) for v in stats.mean()], [float(v) for v in stats.std()]
 
 
 def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, FeatureRow], geometry) -> list:
@@ -285,6 +271,8 @@ def run_job(config: JobConfig) -> Manifest:
         probe = probe_models(config, pipeline)
         phases["load_models"] = time.perf_counter() - t
         pipeline.bind(directory=directory, ray_resources=ray.cluster_resources())
+        geometry = Geometry(height=config.height, width=config.width, clip_dim=probe["clip_dim"],
+                            latent_channels=probe["latent_channels"])
         _log(pipeline.describe())
         t = time.perf_counter()
         stage_stats = compute_features(
@@ -311,7 +299,6 @@ def run_job(config: JobConfig) -> Manifest:
         plans = plan_shards(samples, features, split=config.split, seed=config.seed,
                             shard_bytes=config.shard_bytes, min_shards=config.min_shards)
         remove_stale_shards(config.out, config.split, {p.name for p in plans})
-        geometry = description["geometry"]
         records = write_shards(config, plans, features, geometry)
         phases["shards"] = time.perf_counter() - t
     finally:
@@ -416,6 +403,3 @@ def print_table(stats: dict, *, file) -> None:
           f"{stats['workers']} workers ({stats['layout']}): "
           f"{rate if rate is not None else '-'} images/s end to end", file=file)
 
-
-__all__ = ["JobError", "run_job", "ErrorBudget", "StageChain", "StageSpec", "run_chain_task", "timing_column",
-           "FeatureWriterConfig", "FeatureWriterStage"]

@@ -23,14 +23,18 @@ DOWNSAMPLE = 8  # the schema's H/8 x W/8 latent grid
 LOGVAR_CLAMP = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps logvar to this before sampling
 
 
-def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The reference's resize: PIL bicubic to height x width, a squash (no crop, aspect not kept)."""
+def resize_to(
+    image: np.ndarray, height: int, width: int, *, resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> np.ndarray:
+    """The reference's resize: PIL bicubic to height x width, a squash (no crop, aspect not kept).
+
+    PIL filters each channel alone, so an IUV array resizes the same way (``NEAREST`` keeps part indices)."""
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"resize_to needs an H x W x 3 uint8 RGB array, got {array.dtype} {array.shape}")
     if height <= 0 or width <= 0:
         raise ValueError(f"resize_to: size {height}x{width} must be positive")
-    return np.asarray(Image.fromarray(array).resize((width, height), resample=Image.Resampling.BICUBIC))
+    return np.asarray(Image.fromarray(array).resize((width, height), resample=resample))
 
 
 def check_device_dtype(*, device: str, dtype: str, what: str) -> None:

