@@ -92,8 +92,11 @@ class Pipeline:
         else:
             self.workers = self.requested_workers or max(1, int(self.gpus) if self.device == "cuda" else 1)
 
-    def apply(self, dataset):
+    def apply(self, dataset, *, blocks: int):
+        """Add the stages to a dataset of ``blocks`` input blocks (no more actors than blocks)."""
         import ray
+
+        size = max(1, min(self.workers, blocks))
 
         chain = self.specs + [self.writer]
         if self.layout == "fused":
@@ -101,9 +104,9 @@ class Pipeline:
                 StageChain,
                 fn_constructor_kwargs={"specs": chain, "threads": 1},
                 batch_size=self.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=self.workers),
+                compute=ray.data.ActorPoolStrategy(size=size),
                 num_cpus=1,
-                num_gpus=(self.gpus / self.workers) if self.device == "cuda" else 0,
+                num_gpus=(self.gpus / size) if self.device == "cuda" else 0,
             )
         # Staged: model stages are actor pools (sharing each GPU), the others are tasks.
         operators = len(chain) + 1
@@ -115,7 +118,7 @@ class Pipeline:
                     StageChain,
                     fn_constructor_kwargs={"specs": [spec], "threads": 1},
                     batch_size=self.batch_size,
-                    compute=ray.data.ActorPoolStrategy(size=self.workers),
+                    compute=ray.data.ActorPoolStrategy(size=size),
                     num_cpus=share,
                     **extra,
                 )

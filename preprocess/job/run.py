@@ -136,6 +136,7 @@ def compute_features(
     stats: dict[str, StageStats] = defaultdict(StageStats)
     if not todo:
         return stats
+    blocks = max(1, min(len(todo), (len(todo) + config.batch_size - 1) // config.batch_size))
     dataset = ray.data.from_items(
         [
             {
@@ -148,9 +149,9 @@ def compute_features(
             }
             for image in todo
         ],
-        override_num_blocks=max(1, min(len(todo), (len(todo) + config.batch_size - 1) // config.batch_size)),
+        override_num_blocks=blocks,
     )
-    dataset = pipeline.apply(dataset)
+    dataset = pipeline.apply(dataset, blocks=blocks)
     errors = errors_so_far
     bar = tqdm(total=len(todo), desc="images", unit="img", disable=not config.progress, file=sys.stderr)
     try:

@@ -1,0 +1,45 @@
+"""Shared fixtures for the job's end-to-end tests: a real local Ray instance, the demo inputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """One tiny-model cache for the session (subprocesses inherit it through the environment)."""
+    cache = tmp_path_factory.mktemp("mcld-cache")
+    previous = os.environ.get("MCLD_DATA_CACHE")
+    os.environ["MCLD_DATA_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("MCLD_DATA_CACHE", None)
+    else:
+        os.environ["MCLD_DATA_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def ray_local(model_cache):
+    """A real local Ray instance, shared by the in-process job runs of this session."""
+    import ray
+
+    from preprocess.job.plan import ray_runtime_env
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    from preprocess.demo import write_demo_inputs
+
+    return write_demo_inputs(tmp_path_factory.mktemp("demo"))
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}

@@ -1,0 +1,80 @@
+"""A folder of hostile inputs through the whole job: each ends accounted for with a reason; the job finishes."""
+
+from __future__ import annotations
+
+import csv
+
+import pyarrow.parquet as pq
+
+from preprocess.build_shards import main
+from shards.manifest import read_manifest
+from shards.verify import verify_output
+from tests.preprocess.job.hostile import write_hostile_folder
+
+
+def test_hostile_folder(ray_local, tmp_path, capsys):
+    images = tmp_path / "images"
+    expected = write_hostile_folder(images)
+    names = sorted(expected)
+    rows = [("good.jpg", name) for name in names if name != "good.jpg"]
+    rows += [(name, "good.jpg") for name in names if name != "good.jpg"]
+    rows += [("good.jpg", "not there.jpg"), ("gone/away.png", "good.jpg"), ("good.jpg", "../escape.jpg"),
+             ("good.jpg", "copy of good.jpg")]  # the last repeats an earlier row
+    pairs = tmp_path / "pairs.csv"
+    with pairs.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["from", "to"])
+        writer.writerows(rows)
+    out = tmp_path / "out"
+    code = main(["--images", str(images), "--pairs", str(pairs), "--out", str(out), "--models", "tiny",
+                 "--no-progress", "--max-errors", "1.0"])
+    assert code == 0, capsys.readouterr().err
+    manifest = read_manifest(str(out))
+    counts = manifest.counts
+    named = len(names) + 2  # the hostile files plus two missing paths; ../escape.jpg is no image path
+    assert counts.images_in == named and counts.pairs_in == len(rows)
+    assert not counts.problems()
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    by_path = {r["path"]: r for r in rejects if r["kind"] == "image"}
+    for name, reason in expected.items():
+        if reason:
+            assert by_path[name]["reason"] == reason, (name, by_path.get(name))
+            assert name in by_path[name]["detail"]
+        else:
+            assert name not in by_path, by_path.get(name)
+    assert by_path["not there.jpg"]["reason"] == "missing_file"
+    assert by_path["gone/away.png"]["reason"] == "missing_file"
+    pair_reasons = sorted(r["reason"] for r in rejects if r["kind"] == "pair")
+    bad_images = sum(1 for r in expected.values() if r)
+    assert pair_reasons.count("source_rejected") + pair_reasons.count("unreadable_source") == bad_images
+    assert pair_reasons.count("target_rejected") + pair_reasons.count("unreadable_target") == bad_images
+    assert {"missing_target", "missing_source", "bad_path", "duplicate_pair"} <= set(pair_reasons)
+    assert counts.pairs_written == len(rows) - len(pair_reasons)
+    # duplicate content under two names: two ids, one computation
+    stats = (out / "stats.json").read_text()
+    assert '"images_computed"' in stats
+    assert verify_output(str(out), progress=False).ok
+
+
+def test_error_budget_stops_the_job_with_a_clear_message(ray_local, tmp_path, capsys):
+    images = tmp_path / "images"
+    write_hostile_folder(images)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("from,to\ngood.jpg,zero bytes.jpg\ngood.jpg,notes.jpg\nnotes.jpg,truncated.jpg\n")
+    out = tmp_path / "out"
+    code = main(["--images", str(images), "--pairs", str(pairs), "--out", str(out), "--models", "tiny",
+                 "--no-progress", "--max-errors", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error budget spent: 2 of 4 images rejected" in err or "error budget spent: 3 of 4 images rejected" in err
+    assert "--resume" in err
+    assert not (out / "manifest.json").exists()
+
+
+def test_inputs_that_all_fail_to_read_stop_before_any_work(tmp_path, capsys, model_cache):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("from,to\na.jpg,b.jpg\n")
+    code = main(["--images", str(tmp_path / "nowhere"), "--pairs", str(pairs), "--out", str(tmp_path / "out"),
+                 "--models", "tiny", "--no-progress"])
+    assert code == 1
+    assert "2 of 2 images named by --pairs cannot be read" in capsys.readouterr().err
