@@ -24,7 +24,7 @@ from preprocess.common import STATUS_OK, batch_len
 from shards import storage
 from shards.schema import encode_field
 
-FEATURE_VERSION = 1  # bump when what a stage computes changes without a model or setting changing
+FEATURE_VERSION = 2  # bump when what a stage computes changes without a model or setting changing
 FEATURES_DIR = "features"
 PREVIEW_HEIGHT = 256
 
@@ -45,6 +45,8 @@ SMALL_COLUMNS = [
     pa.field("person_score", pa.float32()),
     pa.field("person_count", pa.int32()),
     pa.field("face_ok", pa.bool_()),
+    pa.field("face_status", pa.string()),  # ok, no_face, no_landmarks, embedding_nonfinite (preprocess/face)
+    pa.field("face_found_by", pa.string()),  # image, person_box, or "" (no face)
     pa.field("face_box", pa.list_(pa.float32(), 4)),
     pa.field("face_score", pa.float32()),
     pa.field("face_det_score", pa.float32()),
@@ -120,6 +122,8 @@ def batch_to_table(batch: dict[str, np.ndarray], *, previews: bool) -> pa.Table:
         rows["person_score"].append(float(batch["person_score"][i]))
         rows["person_count"].append(int(batch["person_count"][i]))
         rows["face_ok"].append(face_ok)
+        rows["face_status"].append(str(batch["face_status"][i]))
+        rows["face_found_by"].append(str(batch["face_found_by"][i]))
         rows["face_box"].append(_box(batch["face_box"][i]))
         rows["face_score"].append(float(batch["face_score"][i]))
         rows["face_det_score"].append(float(batch["face_det_score"][i]))

@@ -105,6 +105,8 @@ def sample_meta(sample: PlannedSample, source: dict, target: dict) -> dict:
         "source_size": [source["orig_h"], source["orig_w"]],
         "target_size": [target["orig_h"], target["orig_w"]],
         "face_ok": bool(source["face_ok"]),
+        "face_status": source["face_status"],
+        "face_found_by": source["face_found_by"],
         "face_score": _round(source["face_score"]),
         "face_det_score": _round(source["face_det_score"]),
         "face_box": [_round(v, 2) for v in source["face_box"]],
