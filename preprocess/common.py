@@ -74,3 +74,38 @@ def as_rgb_uint8(image: np.ndarray, *, what: str) -> np.ndarray:
     elif not (array.ndim == 3 and array.shape[2] == 3):
         raise SampleError("bad_image", f"{what} has shape {array.shape}; expected H x W x 1, 3 or 4")
     return np.ascontiguousarray(array)
+
+
+def store_float16(
+    batch: dict[str, np.ndarray],
+    rows: np.ndarray,
+    values: np.ndarray,
+    *,
+    inputs: tuple[tuple[str, str], ...],
+    shape: tuple[int, ...],
+    stage: str,
+    reason: str,
+    what: str,
+) -> dict[str, np.ndarray]:
+    """Output columns in float16 from a model's float32 results, one per (input column, output column).
+
+    ``values`` holds the results of the ok ``rows`` for each input in turn. A row whose result is not
+    finite, in float32 or after the float16 cast (an overflow past 65504), is rejected with ``reason``
+    and gets zeros; the others are stored as they are.
+    """
+    outputs = {name: np.zeros((batch_len(batch), *shape), np.float16) for _, name in inputs}
+    for k, i in enumerate(rows):
+        problems = []
+        for j, (column, name) in enumerate(inputs):
+            value = values[j * len(rows) + k]
+            with np.errstate(over="ignore"):  # an overflow is caught below and rejected with its reason
+                stored = value.astype(np.float16)
+            if not np.isfinite(stored).all():
+                where = "in float32" if not np.isfinite(value).all() else "after the float16 cast (overflow)"
+                problems.append(f"{column} {what} has non-finite values {where}")
+            outputs[name][i] = stored
+        if problems:
+            for _, name in inputs:
+                outputs[name][i] = 0
+            mark_failed(batch, i, stage=stage, error=SampleError(reason, "; ".join(problems)))
+    return outputs

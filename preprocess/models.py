@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from shards.manifest import ModelRecord
+from shards.storage import sha256_of
 
-TINY_VERSION = 1  # bump when a tiny model's architecture or seed handling changes
 TINY_SEED = 0
 
 
@@ -101,6 +101,25 @@ def cache_root() -> Path:
     return Path(base)
 
 
+def _tiny_key() -> str:
+    """Names the cache of tiny models after what makes them: the writers' code, the seed, and the
+    versions of the libraries that serialise them (a change to any is a new folder, never a stale one)."""
+    import inspect
+    from importlib.metadata import version
+
+    import preprocess.clip.tiny
+    import preprocess.densepose.tiny
+    import preprocess.face.tiny
+    import preprocess.vae.tiny
+
+    digest = hashlib.sha256(f"seed={TINY_SEED}".encode())
+    for module in (preprocess.densepose.tiny, preprocess.face.tiny, preprocess.vae.tiny, preprocess.clip.tiny):
+        digest.update(inspect.getsource(module).encode())
+    for package in ("torch", "onnx", "diffusers", "transformers", "safetensors", "numpy"):
+        digest.update(f"{package}={version(package)}".encode())
+    return digest.hexdigest()[:16]
+
+
 def tiny_models(root: Path | None = None) -> ModelPaths:
     """Write (once, atomically) and return the tiny models. Same seed, same bytes, on every machine."""
     from preprocess.clip.tiny import write_tiny_clip
@@ -108,7 +127,7 @@ def tiny_models(root: Path | None = None) -> ModelPaths:
     from preprocess.face.tiny import write_tiny_antelopev2
     from preprocess.vae.tiny import write_tiny_vae
 
-    final = (root or cache_root()) / f"tiny-v{TINY_VERSION}-seed{TINY_SEED}"
+    final = (root or cache_root()) / f"tiny-{_tiny_key()}"
     index = final / "paths.json"
     if not index.exists():
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -141,14 +160,6 @@ def resolve_models(spec: str) -> ModelPaths:
     return tiny_models() if spec == "tiny" else read_models_file(spec)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_checksums(*paths: str | None) -> dict[str, str]:
     """sha256 of each file, and of every file under each folder, keyed by a readable relative name."""
     checksums: dict[str, str] = {}
@@ -157,10 +168,10 @@ def file_checksums(*paths: str | None) -> dict[str, str]:
             continue
         root = Path(path)
         if root.is_file():
-            checksums[root.name] = _sha256(root)
+            checksums[root.name] = sha256_of(root)[0]
             continue
         for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            checksums[f"{root.name}/{file.relative_to(root).as_posix()}"] = _sha256(file)
+            checksums[f"{root.name}/{file.relative_to(root).as_posix()}"] = sha256_of(file)[0]
     return checksums
 
 

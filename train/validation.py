@@ -11,7 +11,6 @@ its training never showed the model.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,11 @@ from shards.manifest import Manifest
 from train.data import TrainBatch, collate
 from train.model import MCLD
 from train.objective import ClipStats, latent_mean, pose_input
+from shards.storage import sha256_of
 
 
 class ValidationError(ValueError):
     """A VAE for validation that is missing, altered or does not match the shards; names the file."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_vae_folder(manifest: Manifest, *, where: str) -> Path:
@@ -54,7 +46,7 @@ def manifest_vae_folder(manifest: Manifest, *, where: str) -> Path:
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise ValidationError(f"{folder}: {name} (listed in the manifest) is missing")
-        if _sha256(found) != expected:
+        if sha256_of(found)[0] != expected:
             raise ValidationError(
                 f"{found}: sha256 differs from the manifest's: the VAE was changed since the shards were made"
             )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from preprocess.common import SampleError, batch_len, mark_failed, ok_indices
+from preprocess.common import ok_indices, store_float16
 from preprocess.vae.stage import check_device_dtype, image_rows
 
 STAGE = "clip"
@@ -177,24 +177,10 @@ class ClipStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = dict(batch)
-        n = batch_len(batch)
         rows = ok_indices(batch)
         images = [row for column, _ in INPUTS for row in image_rows(batch, column, rows, stage=STAGE, size=None)]
         embeds = self.embed(images)
-        outputs = {name: np.zeros((n, self.embed_dim), np.float16) for _, name in INPUTS}
-        for k, i in enumerate(rows):
-            problems = []
-            for j, (column, name) in enumerate(INPUTS):
-                value = embeds[j * len(rows) + k]
-                with np.errstate(over="ignore"):  # an overflow is caught below and rejected with its reason
-                    stored = value.astype(np.float16)
-                if not np.isfinite(stored).all():
-                    where = "in float32" if not np.isfinite(value).all() else "after the float16 cast (overflow)"
-                    problems.append(f"{column} embedding has non-finite values {where}")
-                outputs[name][i] = stored
-            if problems:
-                for _, name in INPUTS:
-                    outputs[name][i] = 0
-                mark_failed(batch, i, stage=STAGE, error=SampleError("clip_nonfinite", "; ".join(problems)))
+        outputs = store_float16(batch, rows, embeds, inputs=INPUTS, shape=(self.embed_dim,), stage=STAGE,
+                                reason="clip_nonfinite", what="embedding")
         batch.update(outputs)
         return batch

@@ -26,40 +26,7 @@ from typing import Any
 
 import numpy as np
 
-BASE_YAML = """\
-# The official Base-DensePose-RCNN-FPN inference settings (detectron2 DensePose project)
-VERSION: 2
-MODEL:
-  META_ARCHITECTURE: "GeneralizedRCNN"
-  BACKBONE:
-    NAME: "build_resnet_fpn_backbone"
-  RESNETS:
-    OUT_FEATURES: ["res2", "res3", "res4", "res5"]
-  FPN:
-    IN_FEATURES: ["res2", "res3", "res4", "res5"]
-  ANCHOR_GENERATOR:
-    SIZES: [[32], [64], [128], [256], [512]]
-    ASPECT_RATIOS: [[0.5, 1.0, 2.0]]
-  RPN:
-    IN_FEATURES: ["p2", "p3", "p4", "p5", "p6"]
-    PRE_NMS_TOPK_TEST: 1000
-    POST_NMS_TOPK_TEST: 1000
-  DENSEPOSE_ON: True
-  ROI_HEADS:
-    NAME: "DensePoseROIHeads"
-    IN_FEATURES: ["p2", "p3", "p4", "p5"]
-    NUM_CLASSES: 1
-  ROI_BOX_HEAD:
-    NAME: "FastRCNNConvFCHead"
-    NUM_FC: 2
-    POOLER_RESOLUTION: 7
-    POOLER_SAMPLING_RATIO: 2
-    POOLER_TYPE: "ROIAlign"
-  ROI_DENSEPOSE_HEAD:
-    NAME: "DensePoseV1ConvXHead"
-    POOLER_TYPE: "ROIAlign"
-    NUM_COARSE_SEGM_CHANNELS: 2
-"""
+from preprocess.densepose.tiny import BASE_YAML
 
 MODELS = {
     "r50": ("R_50_FPN_s1x", "MODEL:\n  RESNETS:\n    DEPTH: 50\n"),

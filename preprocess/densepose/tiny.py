@@ -17,16 +17,16 @@ BASE_NAME = "Base-DensePose-RCNN-FPN-tiny.yaml"
 CONFIG_NAME = "densepose_rcnn_R_50_FPN_DL_tiny.yaml"
 WEIGHTS_NAME = "densepose_rcnn_R_50_FPN_DL_tiny.pkl"
 
-# The official Base-DensePose-RCNN-FPN settings that matter at inference, with MCLD's DeepLab head.
+# The official Base-DensePose-RCNN-FPN settings that matter at inference (the benchmark builds the official
+# architectures over it too).
 BASE_YAML = """\
-# mcld-data tiny DensePose R-CNN: base (the official Base-DensePose-RCNN-FPN inference settings, DeepLab head)
+# The official Base-DensePose-RCNN-FPN inference settings (detectron2 DensePose project)
 VERSION: 2
 MODEL:
   META_ARCHITECTURE: "GeneralizedRCNN"
   BACKBONE:
     NAME: "build_resnet_fpn_backbone"
   RESNETS:
-    DEPTH: 50
     OUT_FEATURES: ["res2", "res3", "res4", "res5"]
   FPN:
     IN_FEATURES: ["res2", "res3", "res4", "res5"]
@@ -49,7 +49,7 @@ MODEL:
     POOLER_SAMPLING_RATIO: 2
     POOLER_TYPE: "ROIAlign"
   ROI_DENSEPOSE_HEAD:
-    NAME: "DensePoseDeepLabHead"
+    NAME: "DensePoseV1ConvXHead"
     POOLER_TYPE: "ROIAlign"
     NUM_COARSE_SEGM_CHANNELS: 2
 """
@@ -59,6 +59,7 @@ CHILD_YAML = f"""\
 _BASE_: "{BASE_NAME}"
 MODEL:
   RESNETS:
+    DEPTH: 50
     STEM_OUT_CHANNELS: 8
     RES2_OUT_CHANNELS: 32
     WIDTH_PER_GROUP: 8
@@ -73,6 +74,7 @@ MODEL:
   ROI_BOX_HEAD:
     FC_DIM: 32
   ROI_DENSEPOSE_HEAD:
+    NAME: "DensePoseDeepLabHead"
     CONV_HEAD_DIM: 32
     NUM_STACKED_CONVS: 4
     DECODER_CONV_DIMS: 32

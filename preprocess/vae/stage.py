@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from preprocess.common import SampleError, batch_len, mark_failed, ok_indices
+from preprocess.common import ok_indices, store_float16
 
 STAGE = "vae"
 INPUTS = (("image_hw", "img_latent"), ("texture_hw", "tex_latent"))
@@ -178,27 +178,13 @@ class VaeStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = dict(batch)
-        n = batch_len(batch)
         rows = ok_indices(batch)
         height, width = self.config.height, self.config.width
         images = [
             row for column, _ in INPUTS for row in image_rows(batch, column, rows, stage=STAGE, size=(height, width))
         ]
         moments = self.encode(np.stack(images)) if images else np.empty((0, *self.latent_shape), np.float32)
-        outputs = {name: np.zeros((n, *self.latent_shape), np.float16) for _, name in INPUTS}
-        for k, i in enumerate(rows):
-            problems = []
-            for j, (column, name) in enumerate(INPUTS):
-                value = moments[j * len(rows) + k]
-                with np.errstate(over="ignore"):  # an overflow is caught below and rejected with its reason
-                    stored = value.astype(np.float16)
-                if not np.isfinite(stored).all():
-                    where = "in float32" if not np.isfinite(value).all() else "after the float16 cast (overflow)"
-                    problems.append(f"{column} latent has non-finite values {where}")
-                outputs[name][i] = stored
-            if problems:
-                for _, name in INPUTS:
-                    outputs[name][i] = 0
-                mark_failed(batch, i, stage=STAGE, error=SampleError("vae_nonfinite", "; ".join(problems)))
+        outputs = store_float16(batch, rows, moments, inputs=INPUTS, shape=self.latent_shape, stage=STAGE,
+                                reason="vae_nonfinite", what="latent")
         batch.update(outputs)
         return batch

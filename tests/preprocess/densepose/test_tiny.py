@@ -32,7 +32,8 @@ def test_written_in_the_model_zoo_layout_with_a_base_chain(tiny):
     assert "roi_heads.densepose_head.ASPP.project.0.weight" in checkpoint["model"]
     assert set(read_weights(tiny[1])) == set(checkpoint["model"])
     settings = read_settings(tiny[0])
-    assert settings["MODEL.ROI_DENSEPOSE_HEAD.NAME"].source.endswith(BASE_NAME)
+    assert settings["MODEL.ROI_HEADS.NAME"].source.endswith(BASE_NAME)
+    assert settings["MODEL.ROI_DENSEPOSE_HEAD.NAME"].value == "DensePoseDeepLabHead"
     assert settings["MODEL.FPN.OUT_CHANNELS"].source == str(tiny[0])
 
 
