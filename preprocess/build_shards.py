@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT); default: start a local one")
     run.add_argument("--workers", type=int, help="feature workers (default: one per CPU, or per GPU)")
     run.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
-    run.add_argument("--layout", choices=("auto", "fused", "staged"), default="auto", help=argparse.SUPPRESS)
+    run.add_argument("--layout", choices=("auto", "fused", "staged"), default="auto",
+                     help="fused: every stage in each worker (default on CPUs); staged: a pool per model stage (default on GPUs)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where models run (default: cuda when the driver sees a GPU)")
     run.add_argument("--gpu-dtype", choices=("float32", "bfloat16"), default="float32", help="model precision on GPUs")
     run.add_argument("--local-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
