@@ -163,3 +163,14 @@ def test_a_worker_that_dies_mid_task_does_not_fail_the_job(reference_run, demo_i
     assert marker.exists()  # a worker really did kill itself
     assert code == 0, output
     assert shard_bytes(out) == shard_bytes(reference_run)
+
+
+def test_inputs_and_output_as_fsspec_urls(reference_run, demo_inputs, tmp_path):
+    """Every file access goes through fsspec for URLs; `local://` takes that path on this machine."""
+    images, pairs = demo_inputs
+    out = tmp_path / "out"
+    code = main(["--images", f"local://{images}", "--pairs", f"local://{pairs}", "--out", f"local://{out}",
+                 "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7"])
+    assert code == 0
+    assert shard_bytes(out) == shard_bytes(reference_run)
+    assert verify_output(f"local://{out}", progress=False).ok
