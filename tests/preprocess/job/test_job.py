@@ -174,3 +174,14 @@ def test_inputs_and_output_as_fsspec_urls(reference_run, demo_inputs, tmp_path):
     assert code == 0
     assert shard_bytes(out) == shard_bytes(reference_run)
     assert verify_output(f"local://{out}", progress=False).ok
+
+
+def test_other_resolutions(ray_local, demo_inputs, tmp_path):
+    out = tmp_path / "out"
+    assert build(demo_inputs, out, "--resolution", "256x176", "--no-previews") == 0
+    manifest = read_manifest(str(out))
+    assert (manifest.height, manifest.width) == (256, 176)
+    sample = next(iter_samples(str(out)))
+    assert sample["tgt_latent"].shape == (8, 32, 22) and sample["tgt_pose"].shape == (256, 176, 3)
+    assert "src" not in sample and "tgt" not in sample
+    assert verify_output(str(out), progress=False).ok
