@@ -13,7 +13,6 @@ import contextlib
 import csv
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from shards.bench import cpu_model
 
 
 def write_photos(root: Path, count: int) -> Path:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": args.models,
         "what": "1101x750 JPEG photos; decode, DensePose, SSD face + antelopev2, texture, resize, VAE, CLIP, "
                 "feature table, shards; one thread per worker",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "reference_images_per_s": round(reference, 2),
         "reference_note": "MCLD's preprocessing: about 8 hours for DeepFashion's 52,712 images (on a GPU)",
         "results": results,

@@ -38,6 +38,7 @@ from train.config import ConditioningConfig, NoiseConfig, config_from_dict
 from train.data import TrainBatch, TrainStream
 from train.model import build_mcld
 from train.objective import ClipStats, build_scheduler, training_step
+from shards.bench import cpu_model
 
 SOURCE_SIZE = (1101, 750)  # DeepFashion In-shop photos: height, width
 TINY_CLIP_DIM = 32  # the projection size of preprocess's tiny CLIP (read from the manifest when training)
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     arch = ARCHS[args.arch]
     height, width = args.resolution
-    machine = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+    machine = {"platform": platform.platform(), "cpu": cpu_model(),
                "cpu_count": os.cpu_count(), "torch": torch.__version__}
     if args.mode == "gpu":
         if not torch.cuda.is_available():

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from preprocess.densepose.tiny import BASE_YAML
+from shards.bench import cpu_model
 
 MODELS = {
     "r50": ("R_50_FPN_s1x", "MODEL:\n  RESNETS:\n    DEPTH: 50\n"),
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = ["float32", "bfloat16"] if args.device.startswith("cuda") else ["float32"]
     report: dict[str, Any] = {
         "device": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-                   else platform.processor() or platform.machine()),
+                   else cpu_model()),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "image": f"{height}x{width} (skimage astronaut, bicubic squash)",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from preprocess.face.arcface import antelopev2_files
 from preprocess.face.crop import crop_square, expand_square, resize_square
 from preprocess.face.stage import FaceConfig, FaceStage
 from preprocess.face.tiny import GLINTR_FILE, GraphBuilder, serialize_model, write_tiny_antelopev2
+from shards.bench import cpu_model
 
 IRESNET100_LAYERS = (3, 13, 30, 3)
 IRESNET_WIDTHS = (64, 128, 256, 512)
@@ -94,12 +94,7 @@ def _timed(run: Callable[[], Any], *, repeats: int, items: int) -> dict[str, flo
 def _machine() -> dict[str, Any]:
     import onnxruntime
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "opencv": cv2.__version__,
             "opencv_threads": cv2.getNumThreads(), "onnxruntime": onnxruntime.__version__}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from preprocess.clip.stage import ClipConfig, ClipStage
 from preprocess.clip.tiny import write_tiny_clip
 from preprocess.vae.stage import VaeConfig, VaeStage, resize_to
 from preprocess.vae.tiny import write_tiny_vae
+from shards.bench import cpu_model
 
 
 def sd_vae_kwargs() -> dict[str, Any]:
@@ -104,12 +104,7 @@ def _time(run, images: np.ndarray, *, repeats: int) -> dict[str, float]:
 def _machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
