@@ -16,7 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from shards.manifest import ModelRecord
 from shards.storage import sha256_of
 
 TINY_SEED = 0
@@ -173,7 +172,3 @@ def file_checksums(*paths: str | None) -> dict[str, str]:
         for file in sorted(p for p in root.rglob("*") if p.is_file()):
             checksums[f"{root.name}/{file.relative_to(root).as_posix()}"] = sha256_of(file)[0]
     return checksums
-
-
-def model_record(name: str, source: str, files: dict[str, str], settings: dict, tiny: bool) -> ModelRecord:
-    return ModelRecord(name=name, source=source, files=files, settings=settings, tiny=tiny)

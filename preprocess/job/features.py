@@ -161,8 +161,9 @@ class FeatureRow:
         return self.values["status"] == STATUS_OK
 
 
-def scan_features(directory: str) -> dict[str, FeatureRow]:
-    """Index every row under a fingerprint's folder by content hash (small columns only).
+def scan_features(directory: str, *, names: set[str] | None = None) -> dict[str, FeatureRow]:
+    """Index the rows under a fingerprint's folder by content hash (small columns only); with ``names``,
+    only those files' rows (what a run just wrote).
 
     Leftover temporary files of a killed run are removed; where two files hold the same image (a batch
     retried with other neighbours), the first file by name wins: both hold the same features.
@@ -170,7 +171,7 @@ def scan_features(directory: str) -> dict[str, FeatureRow]:
     index: dict[str, FeatureRow] = {}
     if not storage.exists(directory):
         return index
-    for name in storage.list_names(directory):
+    for name in sorted(names) if names is not None else storage.list_names(directory):
         location = storage.join(directory, name)
         if name.startswith(".") and name.endswith(".tmp"):
             storage.remove(location)

@@ -128,14 +128,17 @@ def compute_features(
     budget: ErrorBudget,
     errors_so_far: int,
     images_total: int,
-) -> dict[str, StageStats]:
-    """Run the per-image stages over the images not yet in the cache; features land in the table."""
+) -> tuple[dict[str, StageStats], set[str]]:
+    """Run the per-image stages over the images not yet in the cache; features land in the table.
+
+    Returns the per-stage figures and the names of the feature files written."""
     import ray
     from tqdm import tqdm
 
     stats: dict[str, StageStats] = defaultdict(StageStats)
+    written: set[str] = set()
     if not todo:
-        return stats
+        return stats, written
     blocks = max(1, min(len(todo), (len(todo) + config.batch_size - 1) // config.batch_size))
     dataset = ray.data.from_items(
         [
@@ -158,6 +161,7 @@ def compute_features(
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             n = len(batch["image_id"])
             bar.update(n)
+            written.update(str(name) for name in batch["feature_file"])
             for column, values in batch.items():
                 if column.startswith("seconds_"):
                     stats[column.removeprefix("seconds_")].seconds += float(np.sum(values))
@@ -177,7 +181,7 @@ def compute_features(
                 )
     finally:
         bar.close()
-    return stats
+    return stats, written
 
 
 def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
@@ -276,12 +280,12 @@ def run_job(config: JobConfig) -> Manifest:
                             latent_channels=probe["latent_channels"])
         _log(pipeline.describe())
         t = time.perf_counter()
-        stage_stats = compute_features(
+        stage_stats, written = compute_features(
             config, pipeline, todo, budget=budget, errors_so_far=len(listed.image_rejects),
             images_total=listed.images_in,
         )
         phases["features"] = time.perf_counter() - t
-        features = scan_features(directory)
+        features = {**scan_features(directory, names=written), **cached}
         missing = [image for image in representatives.values() if image.content_hash not in features]
         if missing:
             raise JobError(f"{len(missing)} images have no feature rows after the run (e.g. {missing[0].source_path}); rerun with --resume")
@@ -310,7 +314,7 @@ def run_job(config: JobConfig) -> Manifest:
     clip_mean, clip_std = clip_statistics(ok_rows)
     counts = Counts(
         images_in=listed.images_in,
-        images_ok=len(listed.images) - sum(1 for i in listed.images if not features[i.content_hash].ok),
+        images_ok=sum(features[i.content_hash].ok for i in listed.images),
         images_rejected=count_by_reason(image_rejects, "image"),
         pairs_in=listed.pairs_in,
         pairs_written=sum(r.samples for r in records),
