@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import ray
 
-    from preprocess.job.plan import ray_runtime_env
+    from preprocess.job.layout import ray_runtime_env
 
     counts = [int(w) for w in args.workers.split(",")]
     ray.init(num_cpus=max(counts), include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)

@@ -1,7 +1,10 @@
 """Build MCLD training shards from person photos and (source, target) pairs, on a local Ray or a cluster.
 
     python preprocess/build_shards.py --images DIR --pairs PAIRS.csv --out OUT [--models models.yaml|tiny]
-        [--resolution 512x512] [--shard-size 1GB] [--resume] [--max-errors N] [--address auto]
+        [--resolution 512x512] [--shard-size 1GB] [--resume] [--max-errors N] [--address auto] [-v]
+
+Quiet by default (warnings, the final table and summary); -v tells what it is doing. OUT/build_shards.log
+keeps every run's log whatever the console shows.
 
 Without --images and --pairs it runs on the embedded demo photos (shipped inside installed packages).
 """
@@ -9,6 +12,7 @@ Without --images and --pairs it runs on the embedded demo photos (shipped inside
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -20,9 +24,13 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
     sys.path[0] = _ROOT
 
 from preprocess.job.inputs import InputError  # noqa: E402
-from preprocess.job.plan import JobConfig  # noqa: E402
-from preprocess.job.run import JobError, run_job  # noqa: E402
+from preprocess.job.report import format_table  # noqa: E402
+from preprocess.job.config import JobConfig, JobError  # noqa: E402
+from preprocess.job.run import run_job  # noqa: E402
 from preprocess.models import ModelsError  # noqa: E402
+from shards import storage  # noqa: E402
+from shards.cli import add_verbosity, setup_console_logging  # noqa: E402
+from shards.manifest import STATS_NAME  # noqa: E402
 from shards.writer import parse_size  # noqa: E402
 
 
@@ -70,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu-dtype", choices=("float32", "bfloat16"), default="float32", help="model precision on GPUs")
     run.add_argument("--local-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_verbosity(run)
     return parser
 
 
@@ -118,6 +127,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> JobConfig:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    setup_console_logging(args.verbose)
     if args.resume and args.overwrite:
         print("build_shards.py: --resume and --overwrite exclude each other", file=sys.stderr)
         return 2
@@ -127,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_shards.py: {error}", file=sys.stderr)
         return 1
     counts = manifest.counts
+    stats = json.loads(storage.read_bytes(storage.join(args.out, STATS_NAME)))
+    print(format_table(stats), file=sys.stderr)
     print(f"{args.out}: {counts.pairs_written} samples in {len(manifest.shards)} shards; "
           f"{sum(counts.images_rejected.values())} images and {sum(counts.pairs_rejected.values())} pairs rejected "
           f"(see mcld-data summary {args.out})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shards.cli import OutputPathError, prepare_output_file
 from shards.manifest import ManifestError
 from shards.reader import ShardError
 
@@ -39,7 +40,7 @@ def _show(args: argparse.Namespace) -> int:
     except KeyError as error:
         print(f"mcld-data show: {error.args[0]}", file=sys.stderr)
         return 1
-    render_sheet(sample, args.output)
+    render_sheet(sample, prepare_output_file(args.output))
     print(f"{sample['__key__']} -> {args.output}")
     return 0
 
@@ -49,8 +50,9 @@ def _stats(args: argparse.Namespace) -> int:
 
     from tools.stats import collect, render_report
 
+    output = prepare_output_file(args.output)  # before the work, so a bad path fails at once
     page = render_report(args.out, collect(args.out, progress=not args.quiet))
-    Path(args.output).write_text(page, encoding="utf-8")
+    Path(output).write_text(page, encoding="utf-8")
     print(f"{args.out} -> {args.output}")
     return 0
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ManifestError, ShardError) as error:
+    except (ManifestError, ShardError, OutputPathError) as error:
         print(f"mcld-data {args.command}: {error}", file=sys.stderr)
         return 1
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from preprocess.common import ok_indices, store_float16
-from preprocess.vae.stage import check_device_dtype, image_rows
+from preprocess.common.device import check_device_dtype
+from preprocess.common.images import image_rows
 
 STAGE = "clip"
-INPUTS = (("image_hw", "img_clip"), ("texture_hw", "tex_clip"))
+COLUMN_PAIRS = (("image_resized", "img_clip"), ("texture_resized", "tex_clip"))  # (input column, output column)
 PROCESSOR_FILE = "preprocessor_config.json"
 MODEL_TYPE = "clip_vision_model"  # what CLIPVisionModelWithProjection folders (sd-image-variations) declare
 
@@ -55,7 +56,8 @@ def _read_json(file: Path) -> dict[str, Any]:
     return data
 
 
-def _processor_file(config: ClipConfig) -> Path:
+def processor_file(config: ClipConfig) -> Path:
+    """The CLIPImageProcessor config the stage reads (its bytes change the output: the manifest checksums it)."""
     if config.processor_path is not None:
         candidates = [config.processor_path / PROCESSOR_FILE]
     else:
@@ -70,7 +72,7 @@ def _processor_file(config: ClipConfig) -> Path:
 
 
 class ClipStage:
-    """image_hw, texture_hw -> img_clip, tex_clip: float16 [D] projected CLIP image embeddings."""
+    """image_resized, texture_resized -> img_clip, tex_clip: float16 [D] projected CLIP image embeddings."""
 
     def __init__(self, *, config: ClipConfig) -> None:
         import torch
@@ -100,17 +102,17 @@ class ClipStage:
                 "image_embeds (sd-image-variations' ViT-L/14 gives 768)"
             )
 
-        processor_file = _processor_file(config)
-        declared = _read_json(processor_file)
+        processor = processor_file(config)
+        declared = _read_json(processor)
         kind = declared.get("image_processor_type") or declared.get("feature_extractor_type") or "CLIPImageProcessor"
         if not str(kind).startswith("CLIP"):
-            raise ValueError(f"{processor_file}: declares {kind!r}; the clip stage needs a CLIPImageProcessor config")
-        self.processor = CLIPImageProcessorPil.from_pretrained(processor_file.parent, local_files_only=True)
+            raise ValueError(f"{processor}: declares {kind!r}; the clip stage needs a CLIPImageProcessor config")
+        self.processor = CLIPImageProcessorPil.from_pretrained(processor.parent, local_files_only=True)
         crop = self.processor.crop_size
         side = int(model_config.image_size)
         if not (self.processor.do_center_crop and (crop["height"], crop["width"]) == (side, side)):
             raise ValueError(
-                f"{processor_file}: must centre-crop to the model's image_size {side}x{side} "
+                f"{processor}: must centre-crop to the model's image_size {side}x{side} "
                 f"(do_center_crop {self.processor.do_center_crop}, crop_size {dict(crop)})"
             )
         self.input_side = side
@@ -133,25 +135,6 @@ class ClipStage:
         """float32 [D]: image_embeds of an all-zeros pixel_values tensor, what CFG dropout feeds the encoder."""
         return self._null.copy()
 
-    def describe(self) -> dict[str, Any]:
-        """The settings that change the stored embeddings, for the manifest's model record."""
-        p = self.processor
-        return {
-            "class": "CLIPVisionModelWithProjection",
-            "dtype": self.config.dtype,
-            "embed_dim": self.embed_dim,
-            "input": "image_hw / texture_hw: the H x W images the VAE sees (PIL bicubic squash)",
-            "processor": {
-                "backend": "pil (transformers 4.x CLIPImageProcessor)",
-                "size": dict(p.size),
-                "crop_size": dict(p.crop_size),
-                "resample": int(p.resample),
-                "image_mean": [float(v) for v in p.image_mean],
-                "image_std": [float(v) for v in p.image_std],
-            },
-            "output": "image_embeds float16",
-            "null": "image_embeds of all-zeros pixel_values, float32",
-        }
 
     def pixel_values(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 images (any sizes) -> float32 [n, 3, S, S], the CLIP processor's output."""
@@ -178,9 +161,9 @@ class ClipStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = dict(batch)
         rows = ok_indices(batch)
-        images = [row for column, _ in INPUTS for row in image_rows(batch, column, rows, stage=STAGE, size=None)]
+        images = [row for column, _ in COLUMN_PAIRS for row in image_rows(batch, column, rows, stage=STAGE, size=None)]
         embeds = self.embed(images)
-        outputs = store_float16(batch, rows, embeds, inputs=INPUTS, shape=(self.embed_dim,), stage=STAGE,
+        outputs = store_float16(batch, rows, embeds, columns=COLUMN_PAIRS, shape=(self.embed_dim,), stage=STAGE,
                                 reason="clip_nonfinite", what="embedding")
         batch.update(outputs)
         return batch

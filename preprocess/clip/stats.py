@@ -1,15 +1,14 @@
 """Per-dimension mean and std of the stored CLIP embeddings, for the manifest (the reference's clip_std.npy).
 
-Ray workers each accumulate a part and the driver merges them. Every float16 value is an integer multiple
-of 2**-24, so the sums are kept as exact integers (of value * 2**24 and value**2 * 2**48): merging is
-exact and order-free, and the figures do not depend on how the rows were split among workers. Plain
-float64 sums would agree only to the last few bits, and differ from one partitioning to the next.
+The driver accumulates the run's ok rows file by file. Every float16 value is an integer multiple of
+2**-24, so the sums are kept as exact integers (of value * 2**24 and value**2 * 2**48): the figures do not
+depend on the order the rows come in nor on how they were batched. Plain float64 sums would agree only to
+the last few bits, and differ from one order to the next.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
 
 import numpy as np
 
@@ -56,16 +55,6 @@ class EmbeddingStats:
                 self._sum_sq[d] += (int(s_hh[d]) << (2 * _SPLIT)) + (int(s_hl[d]) << (_SPLIT + 1)) + int(s_ll[d])
             self.count += len(k)
 
-    def merge(self, other: EmbeddingStats) -> EmbeddingStats:
-        """A new accumulator holding both parts."""
-        if other.dim != self.dim:
-            raise ValueError(f"EmbeddingStats.merge: dimensions differ ({self.dim} and {other.dim})")
-        merged = EmbeddingStats(self.dim)
-        merged.count = self.count + other.count
-        merged._sum = [a + b for a, b in zip(self._sum, other._sum)]
-        merged._sum_sq = [a + b for a, b in zip(self._sum_sq, other._sum_sq)]
-        return merged
-
     def mean(self) -> np.ndarray:
         """float64 [D], each the correctly rounded mean."""
         self._need_rows()
@@ -81,31 +70,6 @@ class EmbeddingStats:
     def _need_rows(self) -> None:
         if self.count == 0:
             raise ValueError("EmbeddingStats: no embeddings were accumulated")
-
-    def to_json(self) -> dict[str, Any]:
-        """A plain, exact form (integers as decimal strings) to pass between processes or store."""
-        return {
-            "dim": self.dim,
-            "count": self.count,
-            "scale_bits": SCALE_BITS,
-            "sum": [str(v) for v in self._sum],
-            "sum_sq": [str(v) for v in self._sum_sq],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> EmbeddingStats:
-        try:
-            if data["scale_bits"] != SCALE_BITS:
-                raise ValueError(f"scale_bits {data['scale_bits']} (this toolkit uses {SCALE_BITS})")
-            stats = cls(int(data["dim"]))
-            stats.count = int(data["count"])
-            stats._sum = [int(v) for v in data["sum"]]
-            stats._sum_sq = [int(v) for v in data["sum_sq"]]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"EmbeddingStats.from_json: malformed: {error}") from error
-        if len(stats._sum) != stats.dim or len(stats._sum_sq) != stats.dim or stats.count < 0:
-            raise ValueError(f"EmbeddingStats.from_json: malformed: lengths do not match dim {stats.dim}")
-        return stats
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EmbeddingStats):

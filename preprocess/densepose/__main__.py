@@ -16,21 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.common import SampleError
+from preprocess.common.images import decode_image, read_image_bytes
 from preprocess.densepose.config import ConfigError
 from preprocess.densepose.predictor import DensePosePredictor, DensePoseResult
 from preprocess.densepose.vis import render
 from preprocess.densepose.weights import WeightsError
 
 
+MAX_PIXELS = 40_000_000  # the job's default --max-pixels: a decompression bomb is refused here too
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """The pipeline's decoder (EXIF rotation, 16-bit to 8-bit, any mode to RGB), without its size limits."""
-    from preprocess.job.decode import DecodeConfig, decode_image
-
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise SampleError("unreadable", f"{path}: {error.strerror or error}") from error
-    return decode_image(data, path=str(path), config=DecodeConfig(images_root=".", min_side=1))
+    data = read_image_bytes(str(path))
+    return decode_image(data, path=str(path), max_pixels=MAX_PIXELS, min_side=1)
 
 
 def result_arrays(result: DensePoseResult) -> dict[str, np.ndarray]:

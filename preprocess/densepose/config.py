@@ -9,263 +9,15 @@ is refused with the key, the value and the file that set it, rather than silentl
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from preprocess.densepose.config_yaml import ConfigError, Setting, read_settings
 
-
-class ConfigError(ValueError):
-    """A config file we cannot read, or one that asks for something this port does not implement."""
-
-
-# Every key the inference path reads, with detectron2's (detectron2/config/defaults.py) or DensePose's
-# (densepose/config.py) default. A yaml value replaces it after the same type check yacs does.
-DEFAULTS: dict[str, Any] = {
-    "VERSION": 2,
-    "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
-    "MODEL.LOAD_PROPOSALS": False,
-    "MODEL.MASK_ON": False,
-    "MODEL.KEYPOINT_ON": False,
-    "MODEL.DENSEPOSE_ON": True,
-    "MODEL.PIXEL_MEAN": (103.530, 116.280, 123.675),
-    "MODEL.PIXEL_STD": (1.0, 1.0, 1.0),
-    "MODEL.BACKBONE.NAME": "build_resnet_backbone",
-    "MODEL.RESNETS.DEPTH": 50,
-    "MODEL.RESNETS.OUT_FEATURES": ("res4",),
-    "MODEL.RESNETS.NUM_GROUPS": 1,
-    "MODEL.RESNETS.NORM": "FrozenBN",
-    "MODEL.RESNETS.WIDTH_PER_GROUP": 64,
-    "MODEL.RESNETS.STRIDE_IN_1X1": True,
-    "MODEL.RESNETS.RES5_DILATION": 1,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS": 256,
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": 64,
-    "MODEL.RESNETS.DEFORM_ON_PER_STAGE": (False, False, False, False),
-    "MODEL.FPN.IN_FEATURES": (),
-    "MODEL.FPN.OUT_CHANNELS": 256,
-    "MODEL.FPN.NORM": "",
-    "MODEL.FPN.FUSE_TYPE": "sum",
-    "MODEL.PROPOSAL_GENERATOR.NAME": "RPN",
-    "MODEL.PROPOSAL_GENERATOR.MIN_SIZE": 0,
-    "MODEL.ANCHOR_GENERATOR.NAME": "DefaultAnchorGenerator",
-    "MODEL.ANCHOR_GENERATOR.SIZES": ((32, 64, 128, 256, 512),),
-    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": ((0.5, 1.0, 2.0),),
-    "MODEL.ANCHOR_GENERATOR.OFFSET": 0.0,
-    "MODEL.RPN.HEAD_NAME": "StandardRPNHead",
-    "MODEL.RPN.IN_FEATURES": ("res4",),
-    "MODEL.RPN.BBOX_REG_WEIGHTS": (1.0, 1.0, 1.0, 1.0),
-    "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000,
-    "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
-    "MODEL.RPN.NMS_THRESH": 0.7,
-    "MODEL.RPN.CONV_DIMS": (-1,),
-    "MODEL.ROI_HEADS.NAME": "Res5ROIHeads",
-    "MODEL.ROI_HEADS.NUM_CLASSES": 80,
-    "MODEL.ROI_HEADS.IN_FEATURES": ("res4",),
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.05,
-    "MODEL.ROI_HEADS.NMS_THRESH_TEST": 0.5,
-    "MODEL.ROI_BOX_HEAD.NAME": "",
-    "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS": (10.0, 10.0, 5.0, 5.0),
-    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 14,
-    "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": 0,
-    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": "ROIAlignV2",
-    "MODEL.ROI_BOX_HEAD.NUM_FC": 0,
-    "MODEL.ROI_BOX_HEAD.FC_DIM": 1024,
-    "MODEL.ROI_BOX_HEAD.NUM_CONV": 0,
-    "MODEL.ROI_BOX_HEAD.CONV_DIM": 256,
-    "MODEL.ROI_BOX_HEAD.NORM": "",
-    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": False,
-    "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": False,
-    "MODEL.ROI_DENSEPOSE_HEAD.NAME": "",
-    "MODEL.ROI_DENSEPOSE_HEAD.NUM_STACKED_CONVS": 8,
-    "MODEL.ROI_DENSEPOSE_HEAD.NUM_PATCHES": 24,
-    "MODEL.ROI_DENSEPOSE_HEAD.DECONV_KERNEL": 4,
-    "MODEL.ROI_DENSEPOSE_HEAD.CONV_HEAD_DIM": 512,
-    "MODEL.ROI_DENSEPOSE_HEAD.CONV_HEAD_KERNEL": 3,
-    "MODEL.ROI_DENSEPOSE_HEAD.UP_SCALE": 2,
-    "MODEL.ROI_DENSEPOSE_HEAD.POOLER_TYPE": "ROIAlignV2",
-    "MODEL.ROI_DENSEPOSE_HEAD.POOLER_RESOLUTION": 28,
-    "MODEL.ROI_DENSEPOSE_HEAD.POOLER_SAMPLING_RATIO": 2,
-    "MODEL.ROI_DENSEPOSE_HEAD.NUM_COARSE_SEGM_CHANNELS": 2,
-    "MODEL.ROI_DENSEPOSE_HEAD.DECODER_ON": True,
-    "MODEL.ROI_DENSEPOSE_HEAD.DECODER_NUM_CLASSES": 256,
-    "MODEL.ROI_DENSEPOSE_HEAD.DECODER_CONV_DIMS": 256,
-    "MODEL.ROI_DENSEPOSE_HEAD.DECODER_NORM": "",
-    "MODEL.ROI_DENSEPOSE_HEAD.DECODER_COMMON_STRIDE": 4,
-    "MODEL.ROI_DENSEPOSE_HEAD.DEEPLAB.NORM": "GN",
-    "MODEL.ROI_DENSEPOSE_HEAD.DEEPLAB.NONLOCAL_ON": 0,
-    "MODEL.ROI_DENSEPOSE_HEAD.PREDICTOR_NAME": "DensePoseChartWithConfidencePredictor",
-    "MODEL.ROI_DENSEPOSE_HEAD.UV_CONFIDENCE.ENABLED": False,
-    "MODEL.ROI_DENSEPOSE_HEAD.UV_CONFIDENCE.EPSILON": 0.01,
-    "MODEL.ROI_DENSEPOSE_HEAD.UV_CONFIDENCE.TYPE": "iid_iso",
-    "MODEL.ROI_DENSEPOSE_HEAD.SEGM_CONFIDENCE.ENABLED": False,
-    "MODEL.ROI_DENSEPOSE_HEAD.SEGM_CONFIDENCE.EPSILON": 0.01,
-    "INPUT.FORMAT": "BGR",
-    "INPUT.MIN_SIZE_TEST": 800,
-    "INPUT.MAX_SIZE_TEST": 1333,
-    "TEST.DETECTIONS_PER_IMAGE": 100,
-}
-
-# Keys that exist in detectron2/DensePose but do not change inference through DefaultPredictor
-# (training, data sets, evaluation, test-time augmentation, which DefaultPredictor never runs; the device,
-# which our predictor takes as an argument; the weights path, given on our command line). Whole sections
-# are listed as prefixes; any other key is unknown and refused, as detectron2 refuses it.
-INERT_PREFIXES = (
-    "SOLVER.", "DATASETS.", "DATALOADER.", "DENSEPOSE_EVALUATION.", "BOOTSTRAP_MODEL.", "MODEL.HRNET.",
-    "MODEL.ROI_DENSEPOSE_HEAD.CSE.", "TEST.AUG.", "TEST.PRECISE_BN.", "INPUT.CROP.", "MODEL.ROI_MASK_HEAD.",
-    "MODEL.ROI_KEYPOINT_HEAD.", "MODEL.SEM_SEG_HEAD.", "MODEL.PANOPTIC_FPN.", "MODEL.RETINANET.",
-    "MODEL.ROI_BOX_CASCADE_HEAD.",
-)
-INERT_KEYS = frozenset({
-    "MODEL.DEVICE", "MODEL.WEIGHTS", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.DEFORM_MODULATED",
-    "MODEL.RESNETS.DEFORM_NUM_GROUPS", "MODEL.ANCHOR_GENERATOR.ANGLES",
-    "MODEL.RPN.BOUNDARY_THRESH", "MODEL.RPN.IOU_THRESHOLDS", "MODEL.RPN.IOU_LABELS",
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.POSITIVE_FRACTION", "MODEL.RPN.BBOX_REG_LOSS_TYPE",
-    "MODEL.RPN.BBOX_REG_LOSS_WEIGHT", "MODEL.RPN.SMOOTH_L1_BETA", "MODEL.RPN.LOSS_WEIGHT",
-    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-    "MODEL.ROI_HEADS.IOU_THRESHOLDS", "MODEL.ROI_HEADS.IOU_LABELS", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-    "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT",
-    "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT",
-    "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES",
-    "MODEL.ROI_BOX_HEAD.USE_FED_LOSS", "MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER",
-    "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES",
-    "MODEL.ROI_DENSEPOSE_HEAD.HEATMAP_SIZE", "MODEL.ROI_DENSEPOSE_HEAD.FG_IOU_THRESHOLD",
-    "MODEL.ROI_DENSEPOSE_HEAD.INDEX_WEIGHTS", "MODEL.ROI_DENSEPOSE_HEAD.PART_WEIGHTS",
-    "MODEL.ROI_DENSEPOSE_HEAD.POINT_REGRESSION_WEIGHTS", "MODEL.ROI_DENSEPOSE_HEAD.COARSE_SEGM_TRAINED_BY_MASKS",
-    "MODEL.ROI_DENSEPOSE_HEAD.LOSS_NAME",
-    "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "INPUT.MAX_SIZE_TRAIN", "INPUT.RANDOM_FLIP",
-    "INPUT.MASK_FORMAT", "INPUT.ROTATION_ANGLES",
-    "TEST.EXPECTED_RESULTS", "TEST.EVAL_PERIOD", "TEST.KEYPOINT_OKS_SIGMAS",
-    "OUTPUT_DIR", "SEED", "CUDNN_BENCHMARK", "FLOAT32_PRECISION", "VIS_PERIOD", "GLOBAL.HACK",
-    "BOOTSTRAP_DATASETS",
-})
-
-
-def _is_inert(key: str) -> bool:
-    return key in INERT_KEYS or key.startswith(INERT_PREFIXES)
-
-
-@dataclass(frozen=True)
-class Setting:
-    value: Any
-    source: str  # the file that set it, or "default"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reading the yaml chain
-
-
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Setting]:
-    """One file and its ``_BASE_`` chain, flattened to dotted keys; later files override earlier ones."""
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path))
-        raise ConfigError(f"{path}: _BASE_ chain loops: {cycle}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        where = f" (the _BASE_ of {chain[-1]})" if chain else ""
-        raise ConfigError(f"{path}: config file does not exist{where}") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read config: {error}") from error
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
-    merged: dict[str, Setting] = {}
-    base = data.pop("_BASE_", None)
-    if base is not None:
-        if not isinstance(base, str) or not base:
-            raise ConfigError(f"{path}: _BASE_ must name a file, got {base!r}")
-        if base.startswith(("http://", "https://")):
-            raise ConfigError(f"{path}: _BASE_ {base!r} is a URL; configs are read from local files only")
-        base_path = Path(os.path.expanduser(base))
-        if not base_path.is_absolute():
-            base_path = path.parent / base_path
-        merged.update(_read_yaml(base_path.resolve(), (*chain, path)))
-    for key, value in _flatten(data, "", path):
-        merged[key] = Setting(_decode(value), str(path))
-    return merged
-
-
-def _flatten(node: dict, prefix: str, path: Path):
-    for key, value in node.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"{path}: config keys must be strings, got {key!r} under {prefix or 'the top level'}")
-        if key == "_BASE_":
-            raise ConfigError(f"{path}: _BASE_ is allowed only at the top level, found under {prefix[:-1]}")
-        full = prefix + key
-        if isinstance(value, dict) and not _is_inert(full):
-            yield from _flatten(value, full + ".", path)
-        else:
-            yield full, value
-
-
-def _decode(value: Any) -> Any:
-    """yacs decodes string values with literal_eval ("(800,)" is a tuple); plain words stay strings."""
-    if isinstance(value, str):
-        try:
-            return ast.literal_eval(value)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return value
-    return value
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check a value against the default's type, as yacs does (tuples and lists are interchangeable)."""
-    default = DEFAULTS[key]
-
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
-
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise fail("True or False")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if key == "MODEL.ROI_DENSEPOSE_HEAD.DEEPLAB.NONLOCAL_ON" and isinstance(value, bool):
-            return int(value)
-        raise fail("an integer")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise fail("a number")
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise fail("a string")
-    if isinstance(value, (list, tuple)):  # the remaining defaults are all tuples
-        return _to_tuple(value)
-    raise fail("a list")
-
-
-def _to_tuple(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_to_tuple(v) for v in value)
-    return value
-
-
-def read_settings(path: str | os.PathLike) -> dict[str, Setting]:
-    """Defaults overridden by the file's ``_BASE_`` chain: every inference key with its value and source.
-
-    Unknown keys are refused (naming the file), inert keys (training, data sets) are dropped.
-    """
-    path = Path(path).resolve()
-    settings = {key: Setting(value, "default") for key, value in DEFAULTS.items()}
-    for key, setting in _read_yaml(path, ()).items():
-        if key in DEFAULTS:
-            settings[key] = Setting(_coerce(key, setting.value, setting.source), setting.source)
-        elif not _is_inert(key):
-            raise ConfigError(f"{setting.source}: unknown config key {key} (not a detectron2 or DensePose key)")
-    return settings
+__all__ = ["ConfigError", "RCNNConfig", "load_config", "read_settings"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -383,29 +135,64 @@ def _broadcast(key: str, params: tuple, count: int, source: str) -> tuple[tuple[
     return tuple(out)
 
 
+class _Checks:
+    """The settings of one file with the checks ``load_config`` applies; a refusal names the file that set
+    the key (or says it is the default)."""
+
+    def __init__(self, settings: dict[str, Setting], *, path: Path) -> None:
+        self.settings = settings
+        self.path = path
+
+    def get(self, key: str) -> Any:
+        return self.settings[key].value
+
+    def refuse(self, key: str, why: str) -> ConfigError:
+        source = self.settings[key].source
+        if source == "default":
+            return ConfigError(f"{self.path}: {key} = {self.get(key)!r} (the default; no file in the _BASE_ chain "
+                               f"sets it): {why}")
+        return ConfigError(f"{source}: {key} = {self.get(key)!r}: {why}")
+
+    def require(self, key: str, allowed: tuple, what: str = "supported") -> Any:
+        if self.get(key) not in allowed:
+            raise self.refuse(key, f"not supported; {what}: {', '.join(repr(a) for a in allowed)}")
+        return self.get(key)
+
+    def positive(self, key: str) -> int:
+        if self.get(key) <= 0:
+            raise self.refuse(key, "must be positive")
+        return self.get(key)
+
+    def features(self, key: str, fpn_out: list[str]) -> tuple[str, ...]:
+        names = self.get(key)
+        if not names:
+            raise self.refuse(key, "must name at least one FPN output")
+        for name in names:
+            if name not in fpn_out:
+                raise self.refuse(key, f"{name!r} is not an FPN output ({', '.join(fpn_out)})")
+        return tuple(names)
+
+    def weights4(self, key: str) -> tuple[float, float, float, float]:
+        value = self.get(key)
+        if len(value) != 4 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+            raise self.refuse(key, "expected four positive numbers")
+        return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+    def triple(self, key: str) -> tuple[float, float, float]:
+        value = self.get(key)
+        if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise self.refuse(key, "expected three numbers (one per channel)")
+        if key == "MODEL.PIXEL_STD" and not all(v > 0 for v in value):
+            raise self.refuse(key, "must be positive")
+        return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
 def load_config(path: str | os.PathLike) -> RCNNConfig:
     """Read a DensePose R-CNN config and check that this port computes exactly what it describes."""
-    settings = read_settings(path)
-
-    def get(key: str) -> Any:
-        return settings[key].value
-
-    def refuse(key: str, why: str) -> ConfigError:
-        source = settings[key].source
-        if source == "default":
-            return ConfigError(f"{Path(path)}: {key} = {get(key)!r} (the default; no file in the _BASE_ chain "
-                               f"sets it): {why}")
-        return ConfigError(f"{source}: {key} = {get(key)!r}: {why}")
-
-    def require(key: str, allowed: tuple, what: str = "supported") -> Any:
-        if get(key) not in allowed:
-            raise refuse(key, f"not supported; {what}: {', '.join(repr(a) for a in allowed)}")
-        return get(key)
-
-    def positive(key: str) -> int:
-        if get(key) <= 0:
-            raise refuse(key, "must be positive")
-        return get(key)
+    checks = _Checks(read_settings(path), path=Path(path))
+    settings = checks.settings
+    get, refuse, require, positive = checks.get, checks.refuse, checks.require, checks.positive
+    weights4, triple = checks.weights4, checks.triple
 
     if get("VERSION") != 2:
         raise refuse("VERSION", "only version-2 configs (detectron2's current format) are supported")
@@ -461,17 +248,8 @@ def load_config(path: str | os.PathLike) -> RCNNConfig:
                      "res5 (detectron2's max-pooled top level is made from p5)")
     fpn_out = [f"p{level}" for level in levels] + [f"p{levels[-1] + 1}"]  # + the max-pooled top level
 
-    def features(key: str) -> tuple[str, ...]:
-        names = get(key)
-        if not names:
-            raise refuse(key, "must name at least one FPN output")
-        for name in names:
-            if name not in fpn_out:
-                raise refuse(key, f"{name!r} is not an FPN output ({', '.join(fpn_out)})")
-        return tuple(names)
-
-    rpn_in = features("MODEL.RPN.IN_FEATURES")
-    roi_in = features("MODEL.ROI_HEADS.IN_FEATURES")
+    rpn_in = checks.features("MODEL.RPN.IN_FEATURES", fpn_out)
+    roi_in = checks.features("MODEL.ROI_HEADS.IN_FEATURES", fpn_out)
     roi_levels = [int(n[1:]) for n in roi_in]
     if roi_levels != list(range(roi_levels[0], roi_levels[0] + len(roi_levels))):
         raise refuse("MODEL.ROI_HEADS.IN_FEATURES", "must be consecutive FPN levels (a pyramid)")
@@ -488,20 +266,6 @@ def load_config(path: str | os.PathLike) -> RCNNConfig:
     offset = get("MODEL.ANCHOR_GENERATOR.OFFSET")
     if not 0.0 <= offset < 1.0:
         raise refuse("MODEL.ANCHOR_GENERATOR.OFFSET", "must be in [0, 1)")
-
-    def weights4(key: str) -> tuple[float, float, float, float]:
-        value = get(key)
-        if len(value) != 4 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
-            raise refuse(key, "expected four positive numbers")
-        return tuple(float(v) for v in value)  # type: ignore[return-value]
-
-    def triple(key: str) -> tuple[float, float, float]:
-        value = get(key)
-        if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise refuse(key, "expected three numbers (one per channel)")
-        if key == "MODEL.PIXEL_STD" and not all(v > 0 for v in value):
-            raise refuse(key, "must be positive")
-        return tuple(float(v) for v in value)  # type: ignore[return-value]
 
     for key in ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "MODEL.PROPOSAL_GENERATOR.MIN_SIZE"):
         if get(key) < 0:

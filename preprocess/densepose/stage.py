@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from preprocess.common import SampleError, as_rgb_uint8, batch_len, mark_failed, object_column, ok_indices
+from preprocess.common.device import check_device_dtype
 from preprocess.densepose.predictor import PERSON_POLICIES, DensePosePredictor
 
 STAGE = "densepose"
@@ -30,12 +30,7 @@ class DensePoseConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "config_path", Path(self.config_path))
         object.__setattr__(self, "weights_path", Path(self.weights_path))
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
-            raise ValueError(f"densepose: device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"densepose: dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if self.dtype == "bfloat16" and self.device == "cpu":
-            raise ValueError("densepose: dtype 'bfloat16' is allowed only on CUDA; use 'float32' on CPU")
+        check_device_dtype(device=self.device, dtype=self.dtype, what="densepose")
         if self.person_policy not in PERSON_POLICIES:
             raise ValueError(f"densepose: person_policy must be one of {PERSON_POLICIES}, got {self.person_policy!r}")
         if self.max_batch < 1:
@@ -52,21 +47,6 @@ class DensePoseStage:
             dtype=config.dtype, person_policy=config.person_policy, max_batch=config.max_batch,
         )
 
-    def describe(self) -> dict[str, Any]:
-        """The settings that change this stage's output, for the manifest's model record."""
-        rcnn = self.predictor.config
-        return {
-            "architecture": f"R-{rcnn.resnet.depth}-FPN DensePose R-CNN, {rcnn.densepose.name}",
-            "input_format": rcnn.input_format,
-            "min_size_test": rcnn.min_size_test,
-            "max_size_test": rcnn.max_size_test,
-            "score_thresh": rcnn.box_head.score_thresh,
-            "nms_thresh": rcnn.box_head.nms_thresh,
-            "detections_per_image": rcnn.box_head.detections_per_image,
-            "person_policy": self.config.person_policy,
-            "dtype": self.config.dtype,
-            "iuv": "array channels (I, U, V); U, V clipped to [0, 1], times 255, truncated",
-        }
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = dict(batch)

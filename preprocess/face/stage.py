@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -27,11 +26,11 @@ from preprocess.face.crop import box_iou, clip_box, crop_square, expand_square, 
 from preprocess.face.ssd import SsdFaceDetector, default_ssd_files
 
 STAGE = "face"
-STATUS_OK = "ok"
-STATUS_NO_FACE = "no_face"
-STATUS_NO_LANDMARKS = "no_landmarks"
-STATUS_NONFINITE = "embedding_nonfinite"  # the recogniser gave NaN/inf: stored as zeros, not ok
-STATUS_NOT_RUN = "not_run"  # the row had failed in an earlier stage
+FACE_OK = "ok"  # face_status values (not the row status of preprocess.common)
+FACE_NO_FACE = "no_face"
+FACE_NO_LANDMARKS = "no_landmarks"
+FACE_NONFINITE = "embedding_nonfinite"  # the recogniser gave NaN/inf: stored as zeros, not ok
+FACE_NOT_RUN = "not_run"  # the row had failed in an earlier stage
 FOUND_BY_IMAGE = "image"
 FOUND_BY_PERSON = "person_box"
 LANDMARKS = 5
@@ -117,32 +116,6 @@ class FaceStage:
         """The onnxruntime execution provider the antelopev2 sessions run on (for the manifest)."""
         return self.embedder.provider
 
-    @property
-    def model_files(self) -> list[Path]:
-        """The four files whose bytes decide the output (SSD prototxt and weights, SCRFD, recogniser), for
-        the manifest's checksums."""
-        return [self.ssd.prototxt, self.ssd.caffemodel, self.embedder.detector_path, self.embedder.recognizer_path]
-
-    def describe(self) -> dict[str, Any]:
-        """The settings that change the stored face features, for the manifest's model record. File names
-        only: where the files are installed changes nothing (their checksums are ``model_files``'s)."""
-        c = self.config
-        return {
-            "ssd": {"prototxt": self.ssd.prototxt.name, "caffemodel": self.ssd.caffemodel.name,
-                    "input": "BGR squashed to 300x300, mean (104, 177, 123)", "confidence": c.confidence},
-            "policy": "largest SSD face; whole image, then the person box's upper part when nothing is found",
-            "person_upper_fraction": c.person_upper_fraction,
-            "crop_scale": c.crop_scale,
-            "crop_size": c.crop_size,
-            "detector": self.embedder.detector_path.name,
-            "recognizer": self.embedder.recognizer_path.name,
-            "det_size": c.det_size,
-            "det_threshold": c.det_threshold,
-            "match_iou": c.match_iou,
-            "embedding": "raw glintr100 output of the norm_crop-aligned face (not normalised)",
-            "provider": self.provider,
-        }
-
     # -- per image ---------------------------------------------------------------------------------------
 
     def _image(self, batch: dict[str, np.ndarray], i: int) -> np.ndarray:
@@ -201,7 +174,7 @@ class FaceStage:
             "face_score": np.zeros(n, np.float32),
             "face_det_score": np.zeros(n, np.float32),
             "face_crop": np.zeros((n, s, s, 3), np.uint8),
-            "face_status": np.full(n, STATUS_NOT_RUN, dtype=object),
+            "face_status": np.full(n, FACE_NOT_RUN, dtype=object),
             "face_found_by": np.full(n, "", dtype=object),
             "face_count": np.zeros(n, np.int32),
             "face_det_box": np.zeros((n, 4), np.float32),
@@ -222,7 +195,7 @@ class FaceStage:
             height, width = image.shape[:2]
             found = self.find_face(image, self._person_box(batch, i, height, width))
             if found is None:
-                out["face_status"][i] = STATUS_NO_FACE
+                out["face_status"][i] = FACE_NO_FACE
                 continue
             out["face_box"][i] = found.box
             out["face_score"][i] = found.score
@@ -239,13 +212,13 @@ class FaceStage:
             ious = box_iou(ssd_in_crop, boxes)
             match = [k for k in range(len(boxes)) if ious[k] >= c.match_iou]
             if not match:
-                out["face_status"][i] = STATUS_NO_LANDMARKS
+                out["face_status"][i] = FACE_NO_LANDMARKS
                 continue
             k = max(match, key=lambda j: (ious[j], scores[j]))
             out["face_det_score"][i] = scores[k]
             out["face_det_box"][i] = np.array([x0, y0, x0, y0]) + boxes[k] / to_det
             out["face_kps"][i] = np.array([x0, y0]) + kps[k] / to_det
-            out["face_status"][i] = STATUS_OK
+            out["face_status"][i] = FACE_OK
             out["face_ok"][i] = True
             aligned.append(self.embedder.align(det_crop, kps[k]))
             aligned_rows.append(i)
@@ -255,7 +228,7 @@ class FaceStage:
             for row, embedding in zip(aligned_rows, embeddings):
                 if not np.isfinite(embedding).all():
                     out["face_ok"][row] = False
-                    out["face_status"][row] = STATUS_NONFINITE
+                    out["face_status"][row] = FACE_NONFINITE
                     continue
                 out["face_emb"][row] = embedding
                 out["face_emb_norm"][row] = np.linalg.norm(embedding.astype(np.float64))

@@ -74,12 +74,12 @@ def features_dir(out_dir: str, fingerprint_hex: str) -> str:
     return storage.join(out_dir, FEATURES_DIR, fingerprint_hex[:16])
 
 
-def preview(image_hw: np.ndarray) -> np.ndarray:
-    height, width = image_hw.shape[:2]
+def preview(image_resized: np.ndarray) -> np.ndarray:
+    height, width = image_resized.shape[:2]
     if height <= PREVIEW_HEIGHT:
-        return image_hw
+        return image_resized
     new_width = max(8, round(width * PREVIEW_HEIGHT / height))
-    return np.asarray(Image.fromarray(image_hw).resize((new_width, PREVIEW_HEIGHT), Image.BICUBIC))
+    return np.asarray(Image.fromarray(image_resized).resize((new_width, PREVIEW_HEIGHT), Image.BICUBIC))
 
 
 def _box(values) -> list[float]:
@@ -102,8 +102,8 @@ def batch_to_table(batch: dict[str, np.ndarray], *, previews: bool) -> pa.Table:
                 rows[name].append(None)
             continue
         face_ok = bool(batch["face_ok"][i])
-        pose = np.ascontiguousarray(batch["pose_hw"][i])
-        texture = batch["texture_hw"][i]
+        pose = np.ascontiguousarray(batch["pose_resized"][i])
+        texture = batch["texture_resized"][i]
         encoded = {
             "img_latent": encode_field("tgt_latent", np.asarray(batch["img_latent"][i], np.float16)),
             "tex_latent": encode_field("ref_latent", np.asarray(batch["tex_latent"][i], np.float16)),
@@ -111,7 +111,7 @@ def batch_to_table(batch: dict[str, np.ndarray], *, previews: bool) -> pa.Table:
             "tex_clip": encode_field("tex_clip", np.asarray(batch["tex_clip"][i], np.float16)),
             "face_emb": encode_field("face_emb", np.asarray(batch["face_emb"][i], np.float32)),
             "pose_png": encode_field("tgt_pose", pose),
-            "preview_jpg": encode_field("src", preview(batch["image_hw"][i])) if previews else None,
+            "preview_jpg": encode_field("src", preview(batch["image_resized"][i])) if previews else None,
             "face_jpg": encode_field("face", np.asarray(batch["face_crop"][i], np.uint8)) if previews and face_ok else None,
         }
         for name, value in encoded.items():

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shards import storage
@@ -154,3 +155,17 @@ def referenced_paths(rows: list[PairRow]) -> list[str]:
     """Every distinct clean path the rows name, sorted."""
     paths = {p for row in rows for p in (normalize_relative(row.source), normalize_relative(row.target)) if p}
     return sorted(paths)
+
+
+def hash_inputs(images_root: str, paths: list[str], *, threads: int = 8) -> dict[str, tuple[str, int] | OSError]:
+    def one(path: str) -> tuple[str, tuple[str, int] | OSError]:
+        location = storage.join(images_root, path)
+        try:
+            if storage.is_dir(location):
+                return path, IsADirectoryError(21, "is a directory", location)
+            return path, hash_file(location)
+        except OSError as error:
+            return path, error
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return dict(pool.map(one, paths))

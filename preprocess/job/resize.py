@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from preprocess.common import batch_len, ok_indices
-from preprocess.vae.stage import resize_to
+from preprocess.common.images import resize_to
 
 STAGE = "resize"
 
@@ -36,7 +36,7 @@ def resize_pose(iuv: np.ndarray, *, height: int, width: int, policy: str) -> np.
 
 
 class ResizeStage:
-    """image, texture, iuv (decoded sizes) -> image_hw, texture_hw, pose_hw at the configured H x W."""
+    """image, texture, iuv (decoded sizes) -> image_resized, texture_resized, pose_resized at the configured H x W."""
 
     def __init__(self, *, config: ResizeConfig) -> None:
         self.config = config
@@ -45,14 +45,14 @@ class ResizeStage:
         batch = dict(batch)
         h, w = self.config.height, self.config.width
         n = batch_len(batch)
-        image_hw = np.zeros((n, h, w, 3), np.uint8)
-        texture_hw = np.zeros((n, h, w, 3), np.uint8)
-        pose_hw = np.zeros((n, h, w, 3), np.uint8)
+        image_resized = np.zeros((n, h, w, 3), np.uint8)
+        texture_resized = np.zeros((n, h, w, 3), np.uint8)
+        pose_resized = np.zeros((n, h, w, 3), np.uint8)
         for i in ok_indices(batch):
-            image_hw[i] = resize_to(batch["image"][i], h, w)
-            texture_hw[i] = resize_to(batch["texture"][i], h, w)
-            pose_hw[i] = resize_pose(batch["iuv"][i], height=h, width=w, policy=self.config.pose_resize)
-        batch["image_hw"] = image_hw
-        batch["texture_hw"] = texture_hw
-        batch["pose_hw"] = pose_hw
+            image_resized[i] = resize_to(batch["image"][i], h, w)
+            texture_resized[i] = resize_to(batch["texture"][i], h, w)
+            pose_resized[i] = resize_pose(batch["iuv"][i], height=h, width=w, policy=self.config.pose_resize)
+        batch["image_resized"] = image_resized
+        batch["texture_resized"] = texture_resized
+        batch["pose_resized"] = pose_resized
         return batch

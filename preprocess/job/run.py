@@ -1,123 +1,38 @@
-"""The job: inputs -> per-image features (Ray Data, cached) -> pair join -> shards, rejects, stats, manifest."""
+"""The job: inputs -> per-image features (Ray Data, cached) -> pair join -> shards, rejects, stats, manifest.
+
+The pieces live beside it: config (JobConfig, the error budget), output (the folder policy), inputs
+(listing and hashing), layout (stages on Ray, Ray start-up), features (the cache), pairs (the join and the
+shards), report (stats.json and the final table)."""
 
 from __future__ import annotations
 
 import io
-import json
-import os
+import logging
 import sys
 import time
-from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections import defaultdict
 
 import numpy as np
 
+from preprocess.clip.stats import EmbeddingStats
 from preprocess.common import STATUS_OK
 from preprocess.job import inputs as job_inputs
+from preprocess.job.config import ErrorBudget, JobConfig, JobError
 from preprocess.job.features import FEATURES_DIR, FeatureRow, features_dir, fingerprint, scan_features
+from preprocess.job.layout import Pipeline, build_pipeline, init_ray, probe_models
+from preprocess.job.output import prepare_output, remove_stale_shards
 from preprocess.job.pairs import ShardPlan, join_pairs, plan_shards, write_shard
-from preprocess.job.plan import JobConfig, Pipeline, build_pipeline, probe_models
+from preprocess.job.output import LOG_NAME
+from preprocess.job.report import PartialStats, StageStats, format_table, job_stats, write_stats
 from shards import storage
-from shards.manifest import (
-    MANIFEST_NAME,
-    REJECTS_NAME,
-    STATS_NAME,
-    Counts,
-    Manifest,
-    toolkit_version,
-    write_manifest,
-)
+from shards.cli import RunLog
+from shards.manifest import REJECTS_NAME, STATS_NAME, Counts, Manifest, toolkit_version, write_manifest
 from shards.rejects import Reject, count_by_reason, write_rejects
 from shards.schema import SCHEMA_VERSION, Geometry
 from shards.writer import SPLIT_PATTERN
 
 
-class JobError(RuntimeError):
-    """The job cannot go on (bad arguments, error budget spent); the message says what to do."""
-
-
-@dataclass(kw_only=True)
-class ErrorBudget:
-    """--max-errors: a count ("20") or a fraction of the images ("0.05"). Rejected images count."""
-
-    limit: float
-    fraction: bool
-
-    @classmethod
-    def parse(cls, text: str) -> ErrorBudget:
-        try:
-            value = float(text)
-        except ValueError as error:
-            raise JobError(f"--max-errors {text!r}: give a count (e.g. 20) or a fraction (e.g. 0.05)") from error
-        if value < 0:
-            raise JobError(f"--max-errors {text!r}: must not be negative")
-        fraction = "." in text or (0 < value < 1)
-        if fraction and value > 1:
-            raise JobError(f"--max-errors {text!r}: a fraction must be at most 1")
-        return cls(limit=value, fraction=fraction)
-
-    def exceeded(self, errors: int, images: int) -> bool:
-        allowed = self.limit * images if self.fraction else self.limit
-        return errors > allowed
-
-    def describe(self) -> str:
-        return f"{self.limit:g} of the images" if self.fraction else f"{int(self.limit)} images"
-
-
-@dataclass(kw_only=True)
-class StageStats:
-    rows: int = 0
-    rejected: Counter = field(default_factory=Counter)
-    seconds: float = 0.0
-
-
-def _log(message: str) -> None:
-    print(f"[build_shards] {message}", file=sys.stderr, flush=True)
-
-
-def prepare_output(config: JobConfig) -> None:
-    """Refuse to mix two runs in one folder unless --resume (reuse) or --overwrite (start afresh)."""
-    out = config.out
-    if storage.exists(out) and not storage.is_dir(out):
-        raise JobError(f"--out {out}: exists and is not a folder")
-    storage.makedirs(out)
-    names = set(storage.list_names(out))
-    ours = {MANIFEST_NAME, REJECTS_NAME, STATS_NAME, FEATURES_DIR}
-    previous = {n for n in names if n in ours or n.endswith(".tar") or (n.startswith(".") and n.endswith(".tmp"))}
-    if previous and not (config.resume or config.overwrite):
-        raise JobError(
-            f"--out {out}: holds a previous run ({', '.join(sorted(previous)[:4])}...). Pass --resume to reuse its "
-            "features (a killed or changed run continues; finished images are not recomputed), --overwrite to "
-            "delete it, or choose another folder"
-        )
-    if config.overwrite:
-        import shutil
-
-        for name in previous:
-            location = storage.join(out, name)
-            if storage.is_dir(location) and not storage.is_url(location):
-                shutil.rmtree(location)
-            else:
-                storage.remove(location)
-    elif MANIFEST_NAME in names:
-        # From here until the new manifest is written, the folder is an unfinished output.
-        storage.remove(storage.join(out, MANIFEST_NAME))
-
-
-def hash_inputs(images_root: str, paths: list[str], *, threads: int = 8) -> dict[str, tuple[str, int] | OSError]:
-    def one(path: str) -> tuple[str, tuple[str, int] | OSError]:
-        location = storage.join(images_root, path)
-        try:
-            if storage.is_dir(location):
-                return path, IsADirectoryError(21, "is a directory", location)
-            return path, job_inputs.hash_file(location)
-        except OSError as error:
-            return path, error
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return dict(pool.map(one, paths))
+logger = logging.getLogger(__name__)
 
 
 def compute_features(
@@ -139,6 +54,8 @@ def compute_features(
     written: set[str] = set()
     if not todo:
         return stats, written
+    partial = PartialStats(storage.join(config.out, STATS_NAME), pipeline=pipeline, images_to_compute=len(todo))
+    done = 0
     blocks = max(1, min(len(todo), (len(todo) + config.batch_size - 1) // config.batch_size))
     dataset = ray.data.from_items(
         [
@@ -160,6 +77,7 @@ def compute_features(
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             n = len(batch["image_id"])
+            done += n
             bar.update(n)
             written.update(str(name) for name in batch["feature_file"])
             for column, values in batch.items():
@@ -171,7 +89,9 @@ def compute_features(
                 if status != STATUS_OK:
                     stats[str(stage)].rejected[str(status)] += 1
                     errors += 1
-            if budget.exceeded(errors, images_total):
+            exceeded = budget.exceeded(errors, images_total)
+            partial.update(stats, images_done=done, force=exceeded)
+            if exceeded:
                 raise JobError(
                     f"error budget spent: {errors} of {images_total} images rejected, more than --max-errors allows "
                     f"({budget.describe()}). The features computed so far are kept: look at the reasons with "
@@ -188,8 +108,6 @@ def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
     """Per-dimension mean and std of the source-image CLIP embeddings over the run's ok images (the
     reference adds noise of this scale to the source-image embedding), merged exactly."""
     import pyarrow.parquet as pq
-
-    from preprocess.clip.stats import EmbeddingStats
 
     wanted: dict[str, set[int]] = defaultdict(set)
     for row in rows:
@@ -221,30 +139,32 @@ def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, 
     return ray.get(futures)
 
 
-def remove_stale_shards(out: str, split: str, keep: set[str]) -> None:
-    for name in storage.list_names(out):
-        stale_shard = name.startswith(f"{split}-") and name.endswith(".tar") and name not in keep
-        leftover = name.startswith(".") and name.endswith(".tmp")
-        if stale_shard or leftover:
-            storage.remove(storage.join(out, name))
-
-
 def run_job(config: JobConfig) -> Manifest:
-    import ray
-
+    """The whole job; its log (INFO and up, whatever the console shows) goes to OUT/build_shards.log."""
     if not SPLIT_PATTERN.match(config.split):
         raise JobError(f"--split {config.split!r}: use lowercase letters and digits (it names the shards)")
     budget = ErrorBudget.parse(config.max_errors)
     started = time.perf_counter()
-    phases: dict[str, float] = {}
     prepare_output(config)
+    with RunLog(storage.join(config.out, LOG_NAME), names=("preprocess", "shards")):
+        logger.info("build_shards %s", " ".join(config.command) or "(called from Python)")
+        try:
+            return _run_job(config, budget=budget, started=started)
+        except JobError as error:
+            logger.error("%s", error)
+            raise
 
+
+def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manifest:
+    import ray
+
+    phases: dict[str, float] = {}
     rows = job_inputs.read_pairs(config.pairs)
     if not rows:
         raise JobError(f"--pairs {config.pairs}: no pairs (only a header, or empty)")
     paths = job_inputs.referenced_paths(rows)
-    _log(f"{len(rows)} pairs naming {len(paths)} images under {config.images}")
-    hashes = hash_inputs(config.images, paths)
+    logger.info(f"{len(rows)} pairs naming {len(paths)} images under {config.images}")
+    hashes = job_inputs.hash_inputs(config.images, paths)
     listed = job_inputs.list_inputs(images_root=config.images, rows=rows, hashes=hashes)
     phases["list_inputs"] = time.perf_counter() - started
     if budget.exceeded(len(listed.image_rejects), listed.images_in):
@@ -263,7 +183,7 @@ def run_job(config: JobConfig) -> Manifest:
     for image in listed.images:
         representatives.setdefault(image.content_hash, image)
     todo = [image for digest, image in sorted(representatives.items()) if digest not in cached]
-    _log(
+    logger.info(
         f"{len(listed.images)} readable images ({len(representatives)} distinct), {len(representatives) - len(todo)} "
         f"already in the feature cache, {len(todo)} to compute; models fingerprint {fp[:16]}"
     )
@@ -278,7 +198,7 @@ def run_job(config: JobConfig) -> Manifest:
         pipeline.bind(directory=directory, ray_resources=ray.cluster_resources())
         geometry = Geometry(height=config.height, width=config.width, clip_dim=probe["clip_dim"],
                             latent_channels=probe["latent_channels"])
-        _log(pipeline.describe())
+        logger.info(pipeline.describe())
         t = time.perf_counter()
         stage_stats, written = compute_features(
             config, pipeline, todo, budget=budget, errors_so_far=len(listed.image_rejects),
@@ -327,8 +247,7 @@ def run_job(config: JobConfig) -> Manifest:
     write_rejects(storage.join(config.out, REJECTS_NAME), image_rejects + pair_rejects)
     phases["total"] = time.perf_counter() - started
     stats = job_stats(config, pipeline, stage_stats, phases, listed, todo, counts)
-    storage.write_bytes_atomic(storage.join(config.out, STATS_NAME),
-                               (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    write_stats(storage.join(config.out, STATS_NAME), stats)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         toolkit_version=toolkit_version(),
@@ -353,58 +272,7 @@ def run_job(config: JobConfig) -> Manifest:
         settings={**description["settings"], "features_fingerprint": fp, "face_provider": probe.get("face_provider")},
     )
     write_manifest(config.out, manifest)
-    print_table(stats, file=sys.stderr)
+    logger.info("finished:\n%s", format_table(stats))
     return manifest
 
-
-def init_ray(config: JobConfig) -> None:
-    import ray
-
-    from preprocess.job.plan import ray_runtime_env
-
-    ctx_kwargs: dict[str, Any] = {"runtime_env": ray_runtime_env(), "log_to_driver": True}
-    if config.address:
-        ray.init(address=config.address, **ctx_kwargs)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(**ctx_kwargs)  # inside `ray job submit`: join the cluster the job runs on
-    else:
-        ray.init(num_cpus=config.local_cpus, include_dashboard=False, **ctx_kwargs)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = config.progress
-    context.print_on_execution_start = config.progress
-
-
-def job_stats(config, pipeline, stage_stats, phases, listed, todo, counts) -> dict:
-    stages = {}
-    for name in pipeline.stage_names:
-        s = stage_stats.get(name, StageStats())
-        stages[name] = {
-            "images": s.rows,
-            "rejected": dict(sorted(s.rejected.items())),
-            "worker_seconds": round(s.seconds, 3),
-            "images_per_worker_second": round(s.rows / s.seconds, 2) if s.seconds > 0 else None,
-        }
-    computed = len(todo)
-    return {
-        "stages": stages,
-        "phases_seconds": {k: round(v, 3) for k, v in phases.items()},
-        "images_computed": computed,
-        "images_cached": len({i.content_hash for i in listed.images}) - computed,
-        "images_per_second": round(computed / phases["features"], 3) if computed and phases.get("features") else None,
-        "workers": pipeline.workers,
-        "layout": pipeline.layout,
-        "counts": asdict(counts),
-    }
-
-
-def print_table(stats: dict, *, file) -> None:
-    print(f"{'stage':<12}{'images':>8}{'rejected':>10}{'worker s':>10}{'img/s/worker':>14}", file=file)
-    for name, s in stats["stages"].items():
-        rate = s["images_per_worker_second"]
-        print(f"{name:<12}{s['images']:>8}{sum(s['rejected'].values()):>10}{s['worker_seconds']:>10.2f}"
-              f"{(f'{rate:.2f}' if rate else '-'):>14}", file=file)
-    rate = stats["images_per_second"]
-    print(f"{stats['images_computed']} images computed ({stats['images_cached']} from the cache) with "
-          f"{stats['workers']} workers ({stats['layout']}): "
-          f"{rate if rate is not None else '-'} images/s end to end", file=file)
 

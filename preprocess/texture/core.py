@@ -14,7 +14,6 @@ as BGR to BGR; map_texture speaks BGR because that is how the reference reads it
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from pathlib import Path
 
@@ -113,10 +112,6 @@ class TextureMapper:
             self.tile_slices[part] = (slice(row0, row0 + atlas_size), slice(col0, col0 + atlas_size))
         self.dilate_kernel = np.ones((DILATE_SIZE, DILATE_SIZE), np.uint8)
 
-    def describe(self) -> dict[str, object]:
-        """What changes the output, for the manifest."""
-        digest = hashlib.sha256(np.packbits(self.part_masks).tobytes()).hexdigest()
-        return {"atlas_size": self.atlas_size, "normal_size": self.normal_size, "part_masks_sha256": digest}
 
     def sample(self, image: np.ndarray, iuv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The raw atlas and its sampled texels: each body pixel's colour at its (part, U, V) texel, the

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -44,10 +43,6 @@ class TextureStage:
             masks = read_part_masks(config.part_masks, atlas_size=config.atlas_size)
         self.mapper = TextureMapper(atlas_size=config.atlas_size, normal_size=config.normal_size, part_masks=masks)
 
-    def describe(self) -> dict[str, Any]:
-        """The settings that change the texture, for the manifest."""
-        source = str(self.config.part_masks) if self.config.part_masks is not None else "derived:UV_Processed.mat"
-        return {**self.mapper.describe(), "part_masks": source}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = dict(batch)

@@ -1,5 +1,5 @@
 """SD VAE stage: diffusers AutoencoderKL latent distributions of the resized image and texture."""
 
-from preprocess.vae.stage import VaeConfig, VaeStage, resize_to
+from preprocess.vae.stage import VaeConfig, VaeStage
 
-__all__ = ["VaeConfig", "VaeStage", "resize_to"]
+__all__ = ["VaeConfig", "VaeStage"]

@@ -21,7 +21,8 @@ import numpy as np
 
 from preprocess.clip.stage import ClipConfig, ClipStage
 from preprocess.clip.tiny import write_tiny_clip
-from preprocess.vae.stage import VaeConfig, VaeStage, resize_to
+from preprocess.common.images import resize_to
+from preprocess.vae.stage import VaeConfig, VaeStage
 from preprocess.vae.tiny import write_tiny_vae
 from shards.bench import cpu_model
 

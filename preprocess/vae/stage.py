@@ -13,62 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from preprocess.common import ok_indices, store_float16
+from preprocess.common.device import check_device_dtype
+from preprocess.common.images import image_rows
 
 STAGE = "vae"
-INPUTS = (("image_hw", "img_latent"), ("texture_hw", "tex_latent"))
+COLUMN_PAIRS = (  # (input column, output column)
+    ("image_resized", "img_latent"), ("texture_resized", "tex_latent"),
+)
 DOWNSAMPLE = 8  # the schema's H/8 x W/8 latent grid
-LOGVAR_CLAMP = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps logvar to this before sampling
-
-
-def resize_to(
-    image: np.ndarray, height: int, width: int, *, resample: Image.Resampling = Image.Resampling.BICUBIC
-) -> np.ndarray:
-    """The reference's resize: PIL bicubic to height x width, a squash (no crop, aspect not kept).
-
-    PIL filters each channel alone, so an IUV array resizes the same way (``NEAREST`` keeps part indices)."""
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"resize_to needs an H x W x 3 uint8 RGB array, got {array.dtype} {array.shape}")
-    if height <= 0 or width <= 0:
-        raise ValueError(f"resize_to: size {height}x{width} must be positive")
-    return np.asarray(Image.fromarray(array).resize((width, height), resample=resample))
-
-
-def check_device_dtype(*, device: str, dtype: str, what: str) -> None:
-    """float32 everywhere; bfloat16 only on CUDA (CPU bfloat16 convolutions are slow and not what we test)."""
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ValueError(f"{what}: device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"{what}: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    if dtype == "bfloat16" and device == "cpu":
-        raise ValueError(f"{what}: dtype 'bfloat16' is allowed only on CUDA; use 'float32' on CPU")
-
-
-def image_rows(
-    batch: dict[str, np.ndarray], column: str, rows: np.ndarray, *, stage: str, size: tuple[int, int] | None
-) -> list[np.ndarray]:
-    """The given rows of an image column, each checked to be H x W x 3 uint8 (and `size`, when given).
-
-    A wrong shape is a pipeline bug (the resize stage feeds these columns), not a bad sample: it raises.
-    """
-    if column not in batch:
-        raise ValueError(f"{stage} stage needs column {column!r}; the batch has {sorted(batch)}")
-    values = batch[column]
-    out = []
-    for i in rows:
-        row = np.asarray(values[i])
-        ok = row.dtype == np.uint8 and row.ndim == 3 and row.shape[2] == 3 and min(row.shape[:2]) > 0
-        if not ok or (size is not None and row.shape[:2] != size):
-            expected = f"({size[0]}, {size[1]}, 3)" if size is not None else "(H, W, 3)"
-            raise ValueError(
-                f"{stage} stage: {column} of {batch['image_id'][i]} is {row.dtype} {row.shape}; expected uint8 "
-                f"{expected}: the resize stage (resize_to) must feed the configured size"
-            )
-        out.append(row)
-    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,7 +65,7 @@ def _read_vae_config(path: Path) -> dict[str, Any]:
 
 
 class VaeStage:
-    """image_hw, texture_hw -> img_latent, tex_latent: float16 [8, H/8, W/8] = mean ++ logvar, unscaled."""
+    """image_resized, texture_resized -> img_latent, tex_latent: float16 [8, H/8, W/8] = mean ++ logvar, unscaled."""
 
     def __init__(self, *, config: VaeConfig) -> None:
         import torch
@@ -145,19 +98,6 @@ class VaeStage:
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.latent_channels, self.config.height // DOWNSAMPLE, self.config.width // DOWNSAMPLE)
 
-    def describe(self) -> dict[str, Any]:
-        """The settings that change the stored latents, for the manifest's model record."""
-        return {
-            "class": "AutoencoderKL",
-            "height": self.config.height,
-            "width": self.config.width,
-            "dtype": self.config.dtype,
-            "resize": "PIL bicubic squash to height x width",
-            "input": "ToTensor then Normalize(0.5, 0.5): [-1, 1]",
-            "output": "float16 latent_dist mean ++ logvar (logvar clamped to [-30, 20]), unscaled",
-            "latent_channels": self.latent_channels,
-            "scaling_factor": self.scaling_factor,
-        }
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """[n, H, W, 3] uint8 -> float32 [n, 8, H/8, W/8] (mean ++ clamped logvar), batched on the device."""
@@ -180,11 +120,10 @@ class VaeStage:
         batch = dict(batch)
         rows = ok_indices(batch)
         height, width = self.config.height, self.config.width
-        images = [
-            row for column, _ in INPUTS for row in image_rows(batch, column, rows, stage=STAGE, size=(height, width))
-        ]
+        size = (height, width)
+        images = [row for column, _ in COLUMN_PAIRS for row in image_rows(batch, column, rows, stage=STAGE, size=size)]
         moments = self.encode(np.stack(images)) if images else np.empty((0, *self.latent_shape), np.float32)
-        outputs = store_float16(batch, rows, moments, inputs=INPUTS, shape=self.latent_shape, stage=STAGE,
+        outputs = store_float16(batch, rows, moments, columns=COLUMN_PAIRS, shape=self.latent_shape, stage=STAGE,
                                 reason="vae_nonfinite", what="latent")
         batch.update(outputs)
         return batch

@@ -88,3 +88,19 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert "no manifest" in capsys.readouterr().out
     assert main(["stats", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 1
     assert "empty output folder" in capsys.readouterr().err
+
+
+def test_outputs_into_a_new_folder_are_written_and_impossible_ones_refused_in_one_line(out, tmp_path, capsys):
+    page = tmp_path / "new" / "deeper" / "report.html"
+    assert main(["stats", str(out), "-o", str(page), "--quiet"]) == 0
+    assert page.read_text().startswith("<!DOCTYPE html>") or "<html" in page.read_text()
+    sheet = tmp_path / "sheets" / "one.png"
+    assert main(["show", str(out), "--index", "0", "-o", str(sheet)]) == 0
+    assert Image.open(sheet).size[0] > 0
+    capsys.readouterr()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for command in (["stats", str(out), "--quiet"], ["show", str(out), "--index", "0"]):
+        assert main([*command, "-o", str(blocker / "report.out")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(blocker) in err and "Traceback" not in err, err

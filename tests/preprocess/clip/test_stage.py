@@ -10,7 +10,7 @@ from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
 from preprocess.clip.stage import ClipConfig, ClipStage
 from preprocess.clip.tiny import TINY_DIM
-from preprocess.vae.stage import resize_to
+from preprocess.common.images import resize_to
 from tests.preprocess.vae.batches import RESOLUTIONS, make_batch
 
 FP16_MAX_FINITE_ROUNDING = 65520.0  # float16 rounds values below this to 65504, at or above it to inf
@@ -109,7 +109,6 @@ def test_diffusers_pipeline_layout_with_the_older_processor_format(tiny_clip, ph
     ours = ClipStage(config=ClipConfig(path=encoder_dir))
     theirs = ClipStage(config=ClipConfig(path=tiny_clip))
     np.testing.assert_array_equal(ours.embed([image]), theirs.embed([image]))
-    assert ours.describe()["processor"] == theirs.describe()["processor"]
 
     (encoder_dir.parent / "feature_extractor" / "preprocessor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="no CLIPImageProcessor config; looked for .*feature_extractor"):
@@ -173,7 +172,7 @@ def test_float16_overflow_rejects_only_that_row(tiny_clip, photos, tmp_path):
     out = stage(make_batch([image, image], [image, flat]))
     assert list(out["status"]) == ["ok", "clip_nonfinite"]
     assert list(out["reject_stage"]) == ["", "clip"]
-    assert out["detail"][1] == "img-1: texture_hw embedding has non-finite values after the float16 cast (overflow)"
+    assert out["detail"][1] == "img-1: texture_resized embedding has non-finite values after the float16 cast (overflow)"
     assert np.isfinite(out["tex_clip"]).all() and not out["tex_clip"][1].any() and not out["img_clip"][1].any()
     assert np.isfinite(stage.null_embedding()).all()
 
@@ -188,12 +187,8 @@ def test_non_finite_null_embedding_refuses_the_folder(tiny_clip, tmp_path):
         ClipStage(config=ClipConfig(path=tmp_path / "nan"))
 
 
-def test_describe_and_config_checks(tiny_clip):
-    described = ClipStage(config=ClipConfig(path=tiny_clip)).describe()
-    json.dumps(described)
-    assert described["embed_dim"] == TINY_DIM
-    assert described["processor"]["size"] == {"shortest_edge": 224}
-    assert described["processor"]["crop_size"] == {"height": 224, "width": 224}
+def test_embed_dim_and_config_checks(tiny_clip):
+    assert ClipStage(config=ClipConfig(path=tiny_clip)).embed_dim == TINY_DIM
     with pytest.raises(ValueError, match="bfloat16' is allowed only on CUDA"):
         ClipConfig(path=tiny_clip, dtype="bfloat16")
     with pytest.raises(ValueError, match="expected_dim"):
@@ -206,8 +201,8 @@ def test_input_that_is_not_an_rgb_image_is_a_clear_error(tiny_clip, photos):
     stage = ClipStage(config=ClipConfig(path=tiny_clip))
     image = resize_to(photos["image"], 256, 176)
     batch = make_batch([image], [image])
-    batch["texture_hw"] = batch["texture_hw"].astype(np.float32)
-    with pytest.raises(ValueError, match=r"texture_hw of img-0 is float32 \(256, 176, 3\); expected uint8"):
+    batch["texture_resized"] = batch["texture_resized"].astype(np.float32)
+    with pytest.raises(ValueError, match=r"texture_resized of img-0 is float32 \(256, 176, 3\); expected uint8"):
         stage(batch)
 
 

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from preprocess.common import object_column
 from preprocess.densepose.__main__ import main
+from preprocess.densepose.stage import DensePoseConfig, DensePoseStage
 
 
-def test_dump_writes_the_fixture_keys_and_a_visualisation(tiny, tmp_path, astronaut, tiny_predictor):
+def test_dump_writes_the_fixture_keys_and_a_visualisation(tiny, tmp_path, astronaut):
     image = tmp_path / "astronaut.jpg"
     Image.fromarray(astronaut).save(image, quality=95)
     gray = tmp_path / "gray.png"
@@ -26,10 +28,18 @@ def test_dump_writes_the_fixture_keys_and_a_visualisation(tiny, tmp_path, astron
     assert dump["iuv_top1"].shape == (512, 512, 3) and dump["iuv_top1"].dtype == np.uint8
     x, y, w, h = (int(v) for v in dump["boxes_xywh"][0])
     assert dump["labels_0"].shape == (max(h, 1), max(w, 1)) and dump["uv_0"].shape == (2, max(h, 1), max(w, 1))
-    decoded = np.asarray(Image.open(image).convert("RGB"))  # the same pair, batched as --batch 2 batches it
-    expected = tiny_predictor.predict([decoded, np.repeat(astronaut[:, :, :1], 3, axis=2)])[0]
-    np.testing.assert_array_equal(dump["iuv_top1"], expected.iuv)
-    np.testing.assert_array_equal(dump["scores"], expected.scores)
+    # The oracle: the pipeline stage (its own person-only chart path) on the same pair decoded here with PIL,
+    # in one batch as --batch 2 batches it.
+    decoded = np.asarray(Image.open(image).convert("RGB"))
+    stage = DensePoseStage(config=DensePoseConfig(config_path=tiny[0], weights_path=tiny[1], max_batch=2))
+    images = [decoded, np.repeat(astronaut[:, :, :1], 3, axis=2)]
+    batch = {"image_id": np.array(["a", "g"], dtype=object), "status": np.array(["ok", "ok"], dtype=object),
+             "reject_stage": np.array(["", ""], dtype=object), "detail": np.array(["", ""], dtype=object),
+             "image": object_column(images)}
+    expected = stage(batch)
+    np.testing.assert_array_equal(dump["iuv_top1"], expected["iuv"][0])
+    assert dump["scores"][0] == expected["person_score"][0] and n == expected["person_count"][0]
+    np.testing.assert_array_equal(dump["boxes_xyxy"][0], expected["person_box"][0])
     vis = Image.open(out / "astronaut_vis.png")
     assert vis.mode == "RGB" and vis.size == (512, 512)
     assert (out / "gray.npz").is_file() and (out / "gray_vis.png").is_file()

@@ -2,7 +2,8 @@
 
 import pytest
 
-from preprocess.densepose.config import DEFAULTS, ConfigError, load_config, read_settings
+from preprocess.densepose.config import ConfigError, load_config, read_settings
+from preprocess.densepose.config_defaults import DEFAULTS
 
 from .conftest import child_config
 

@@ -1,4 +1,3 @@
-import json
 import shutil
 
 import cv2
@@ -14,7 +13,7 @@ from skimage import data
 from preprocess.face import FaceConfig, FaceStage
 from preprocess.face.crop import box_iou, crop_square, expand_square, resize_square
 from preprocess.face.ssd import SsdFaceDetector, default_ssd_files
-from preprocess.face.stage import STATUS_NO_FACE, STATUS_NO_LANDMARKS, STATUS_NONFINITE, STATUS_NOT_RUN, STATUS_OK
+from preprocess.face.stage import FACE_NO_FACE, FACE_NO_LANDMARKS, FACE_NONFINITE, FACE_NOT_RUN, FACE_OK
 from preprocess.face.tiny import GLINTR_FILE, SCRFD_FILE, build_tiny_glintr100
 from tests.preprocess.face.conftest import full_body_like, insightface_sample, make_batch
 
@@ -55,7 +54,7 @@ def test_columns_follow_the_contract(stage):
     for column, (dtype, shape) in CONTRACT.items():
         assert out[column].dtype == dtype, column
         assert out[column].shape == (2, *shape), column
-    assert list(out["face_status"]) == [STATUS_OK, STATUS_NO_FACE]
+    assert list(out["face_status"]) == [FACE_OK, FACE_NO_FACE]
     assert out["image"][0] is images[0] and list(out["status"]) == ["ok", "ok"]  # never rejects, keeps inputs
 
 
@@ -63,7 +62,7 @@ def test_astronaut_embedding_is_insightface_run_on_the_crop(stage, tiny_antelope
     """The stored features equal what insightface's own classes give on the 1.5x crop, done by hand here."""
     image = data.astronaut()
     out = stage(make_batch([image]))
-    assert out["face_ok"][0] and out["face_status"][0] == STATUS_OK and out["face_found_by"][0] == "image"
+    assert out["face_ok"][0] and out["face_status"][0] == FACE_OK and out["face_found_by"][0] == "image"
 
     boxes, scores = ssd_faces(image)
     np.testing.assert_allclose(out["face_box"][0], boxes[0], atol=1e-4)
@@ -106,7 +105,7 @@ def test_the_largest_of_six_faces_in_t1(stage):
 def test_no_face_is_face_ok_false_with_zeros(stage):
     out = stage(make_batch([data.coffee(), np.zeros((64, 48, 3), np.uint8)]))
     for i in range(2):
-        assert out["face_status"][i] == STATUS_NO_FACE
+        assert out["face_status"][i] == FACE_NO_FACE
         assert_no_face(out, i)
     assert list(out["status"]) == ["ok", "ok"]
 
@@ -114,7 +113,7 @@ def test_no_face_is_face_ok_false_with_zeros(stage):
 def test_small_face_in_a_full_body_photo_is_found_in_the_person_box(stage):
     canvas, person, face = full_body_like()
     out = stage(make_batch([canvas, canvas], person_boxes=[np.zeros(4), person]))
-    assert out["face_status"][0] == STATUS_NO_FACE  # the whole-image pass alone misses it
+    assert out["face_status"][0] == FACE_NO_FACE  # the whole-image pass alone misses it
     assert_no_face(out, 0)
     assert out["face_ok"][1] and out["face_found_by"][1] == "person_box"
     assert box_iou(face, out["face_box"][1][None])[0] > 0.7  # mapped back to image coordinates
@@ -126,7 +125,7 @@ def test_small_face_in_a_full_body_photo_is_found_in_the_person_box(stage):
 def test_a_person_box_outside_the_image_counts_as_unknown(stage):
     canvas, _, _ = full_body_like()
     out = stage(make_batch([canvas], person_boxes=[[5000, 5000, 6000, 7000]]))
-    assert out["face_status"][0] == STATUS_NO_FACE
+    assert out["face_status"][0] == FACE_NO_FACE
 
 
 @pytest.mark.parametrize("window", [(slice(60, None), slice(185, None)), (slice(0, 150), slice(0, 260))],
@@ -175,7 +174,7 @@ def test_failed_rows_pass_through_with_placeholders(stage):
     batch = make_batch([data.astronaut(), data.astronaut()], statuses=["ok", "no_person"])
     batch["reject_stage"][1] = "densepose"
     out = stage(batch)
-    assert out["face_ok"][0] and out["face_status"][1] == STATUS_NOT_RUN
+    assert out["face_ok"][0] and out["face_status"][1] == FACE_NOT_RUN
     assert_no_face(out, 1)
     assert out["status"][1] == "no_person" and out["reject_stage"][1] == "densepose"
 
@@ -190,7 +189,7 @@ def test_ssd_face_without_landmarks_is_flagged_not_embedded(tiny_antelopev2):
     """The tiny SCRFD peaks near 0.93: a 0.99 threshold makes it find nothing in the SSD's crop."""
     stage = FaceStage(config=FaceConfig(antelopev2_dir=tiny_antelopev2, det_threshold=0.99, crop_size=96))
     out = stage(make_batch([data.astronaut()]))
-    assert not out["face_ok"][0] and out["face_status"][0] == STATUS_NO_LANDMARKS
+    assert not out["face_ok"][0] and out["face_status"][0] == FACE_NO_LANDMARKS
     assert out["face_score"][0] > 0.99 and out["face_box"][0].any() and out["face_found_by"][0] == "image"
     assert out["face_crop"].shape == (1, 96, 96, 3) and out["face_crop"][0].any()  # kept for inspection
     for column in ("face_emb", "face_emb_norm", "face_det_score", "face_det_box", "face_kps"):
@@ -207,7 +206,7 @@ def test_a_non_finite_embedding_is_flagged_not_stored(tmp_path, tiny_antelopev2)
     bias.CopyFrom(numpy_helper.from_array(values, bias.name))
     onnx.save(model, str(folder / GLINTR_FILE))
     out = FaceStage(config=FaceConfig(antelopev2_dir=folder))(make_batch([data.astronaut()]))
-    assert not out["face_ok"][0] and out["face_status"][0] == STATUS_NONFINITE
+    assert not out["face_ok"][0] and out["face_status"][0] == FACE_NONFINITE
     assert not out["face_emb"][0].any() and out["face_emb_norm"][0] == 0
     assert out["face_det_score"][0] > 0.5  # the landmarks were found
 
@@ -246,15 +245,19 @@ def test_missing_or_misassigned_model_files_are_clear_errors(tmp_path, tiny_ante
 
 
 def test_config_validation(tiny_antelopev2):
-    for bad in ({"det_size": 300}, {"confidence": 1.5}, {"crop_scale": 0.5}, {"device": "gpu"},
-                {"person_upper_fraction": 0.0}, {"crop_size": 0}, {"max_batch": 0}):
-        with pytest.raises(ValueError):
+    for bad, message in (({"det_size": 300}, "det_size must be a positive multiple of 32"),
+                         ({"confidence": 1.5}, r"confidence must be in \[0, 1\]"),
+                         ({"crop_scale": 0.5}, "crop_scale must be at least 1"),
+                         ({"device": "gpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
+                         ({"person_upper_fraction": 0.0}, r"person_upper_fraction must be in \(0, 1\]"),
+                         ({"crop_size": 0}, "crop_size must be positive"),
+                         ({"max_batch": 0}, "max_batch >= 1")):
+        with pytest.raises(ValueError, match=message):
             FaceConfig(antelopev2_dir=tiny_antelopev2, **bad)
 
 
 def test_provider_is_reported_and_cuda_never_silently_falls_back(stage, tiny_antelopev2):
     assert stage.provider == "CPUExecutionProvider"
-    assert stage.describe()["provider"] == "CPUExecutionProvider"
     config = FaceConfig(antelopev2_dir=tiny_antelopev2, device="cuda")
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         assert FaceStage(config=config).provider == "CUDAExecutionProvider"
@@ -268,20 +271,8 @@ def test_nothing_is_downloaded(tiny_antelopev2, no_network):
     assert stage(make_batch([data.astronaut()]))["face_ok"][0]
 
 
-def test_describe_records_the_settings(stage):
-    settings = stage.describe()
-    assert settings["ssd"]["confidence"] == 0.5 and settings["crop_scale"] == 1.5 and settings["crop_size"] == 224
-    assert settings["detector"] == SCRFD_FILE and settings["recognizer"] == GLINTR_FILE
-    assert settings["det_size"] == 640
-    assert settings["ssd"]["caffemodel"] == "res10_300x300_ssd_iter_140000.caffemodel"
-    assert "/" not in json.dumps(settings)  # no install paths: the cache fingerprint must not depend on them
-    assert [p.name for p in stage.model_files] == [
-        "deploy.prototxt.txt", "res10_300x300_ssd_iter_140000.caffemodel", SCRFD_FILE, GLINTR_FILE]
-    assert all(p.is_file() for p in stage.model_files)
-
-
 def test_an_scrfd_face_that_is_not_the_ssd_face_is_not_used(tiny_antelopev2):
     """match_iou 1.0 demands the SCRFD box be the SSD box exactly: the tiny SCRFD's central square is not."""
     strict = FaceStage(config=FaceConfig(antelopev2_dir=tiny_antelopev2, match_iou=1.0))
     out = strict(make_batch([data.astronaut()]))
-    assert out["face_status"][0] == STATUS_NO_LANDMARKS and not out["face_emb"][0].any()
+    assert out["face_status"][0] == FACE_NO_LANDMARKS and not out["face_emb"][0].any()

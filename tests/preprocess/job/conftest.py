@@ -26,7 +26,7 @@ def ray_local(model_cache):
     """A real local Ray instance, shared by the in-process job runs of this session."""
     import ray
 
-    from preprocess.job.plan import ray_runtime_env
+    from preprocess.job.layout import ray_runtime_env
 
     ray.init(num_cpus=2, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

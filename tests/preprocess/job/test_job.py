@@ -95,6 +95,46 @@ def test_rerun_uses_the_cache_and_a_changed_setting_does_not(reference_run, demo
         assert set(sample["tgt_pose"][..., 0].ravel().tolist()) <= set(range(25))
 
 
+def models_file_for(folder, dest) -> str:
+    """A models YAML naming the tiny models copied to ``folder`` (what a user with real weights writes)."""
+    import yaml
+
+    paths = json.loads((folder / "paths.json").read_text())
+    data = {"densepose": {"config": str(folder / paths["densepose_config"]),
+                          "weights": str(folder / paths["densepose_weights"])},
+            "face": {"antelopev2": str(folder / paths["antelopev2"])},
+            "vae": str(folder / paths["vae"]), "clip": str(folder / paths["clip"])}
+    dest.write_text(yaml.safe_dump(data))
+    return str(dest)
+
+
+def test_moving_the_models_keeps_the_feature_cache(reference_run, demo_inputs, model_cache, tmp_path):
+    """The fingerprint comes from checksums and settings, never from where the model files are."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    (original,) = model_cache.glob("tiny-*")
+    moved = tmp_path / "elsewhere" / "my models"
+    shutil.copytree(original, moved)
+    models = models_file_for(moved, tmp_path / "models.yaml")
+    assert build(demo_inputs, out, "--shard-size", "1.2MB", "--seed", "7", "--resume", "--models", models) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["images_computed"] == 0 and stats["images_cached"] == 8, stats
+    assert len(list((out / "features").iterdir())) == 1
+    assert shard_bytes(out) == shard_bytes(reference_run)
+    manifest = read_manifest(str(out))
+    assert any(str(moved) in m.source for m in manifest.models)  # the manifest still says where they were
+    # one changed byte in a weights file is another model: its own cache entry, every image computed
+    vae_weights = next((moved / "vae").glob("diffusion_pytorch_model.*"))
+    data = bytearray(vae_weights.read_bytes())
+    data[-4] ^= 1  # a low bit of the last weight
+    vae_weights.write_bytes(bytes(data))
+    assert build(demo_inputs, out, "--shard-size", "1.2MB", "--seed", "7", "--resume", "--models", models) == 0
+    assert json.loads((out / "stats.json").read_text())["images_computed"] == 8
+    assert len(list((out / "features").iterdir())) == 2
+
+
 def test_rejects_table_matches_the_manifest(reference_run):
     table = pq.read_table(reference_run / "rejects.parquet")
     assert table.column_names == ["kind", "id", "stage", "reason", "detail", "path"]

@@ -13,6 +13,6 @@ def make_batch(images: list[np.ndarray], textures: list[np.ndarray], *, status: 
         "status": np.array(status, dtype=object),
         "reject_stage": np.array(["" if s == "ok" else "densepose" for s in status], dtype=object),
         "detail": np.array(["" if s == "ok" else "img: upstream" for s in status], dtype=object),
-        "image_hw": np.stack(images),
-        "texture_hw": np.stack(textures),
+        "image_resized": np.stack(images),
+        "texture_resized": np.stack(textures),
     }

@@ -9,7 +9,8 @@ import torchvision.transforms as T
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from preprocess.vae.stage import VaeConfig, VaeStage, resize_to
+from preprocess.common.images import resize_to
+from preprocess.vae.stage import VaeConfig, VaeStage
 from tests.preprocess.vae.batches import RESOLUTIONS, make_batch
 
 FP16_MAX_FINITE_ROUNDING = 65520.0  # float16 rounds values below this to 65504, at or above it to inf
@@ -95,7 +96,7 @@ def test_object_columns_as_ray_may_hand_them(tiny_vae, photos):
     texture = resize_to(photos["texture"], 256, 176)
     stacked = make_batch([image], [texture])
     objects = dict(stacked)
-    for column in ("image_hw", "texture_hw"):
+    for column in ("image_resized", "texture_resized"):
         objects[column] = np.empty(1, dtype=object)
         objects[column][0] = stacked[column][0]
         objects[column].flags.writeable = False
@@ -107,11 +108,11 @@ def test_object_columns_as_ray_may_hand_them(tiny_vae, photos):
 def test_input_of_another_size_is_a_clear_error(tiny_vae, photos):
     stage = VaeStage(config=VaeConfig(path=tiny_vae, height=256, width=176))
     wrong = resize_to(photos["image"], 256, 256)
-    with pytest.raises(ValueError, match=r"image_hw of img-0 is uint8 \(256, 256, 3\); expected uint8 \(256, 176, 3\)"):
+    with pytest.raises(ValueError, match=r"image_resized of img-0 is uint8 \(256, 256, 3\); expected uint8 \(256, 176, 3\)"):
         stage(make_batch([wrong], [wrong]))
     batch = make_batch([resize_to(photos["image"], 256, 176)], [resize_to(photos["image"], 256, 176)])
-    del batch["texture_hw"]
-    with pytest.raises(ValueError, match="needs column 'texture_hw'"):
+    del batch["texture_resized"]
+    with pytest.raises(ValueError, match="needs column 'texture_resized'"):
         stage(batch)
 
 
@@ -141,8 +142,8 @@ def test_float16_overflow_rejects_only_that_row(tiny_vae, photos, tmp_path):
     assert list(out["status"]) == ["ok", "vae_nonfinite"]
     assert list(out["reject_stage"]) == ["", "vae"]
     assert out["detail"][1].startswith("img-1: ")
-    assert "image_hw latent has non-finite values after the float16 cast" in out["detail"][1]
-    assert "texture_hw" not in out["detail"][1]
+    assert "image_resized latent has non-finite values after the float16 cast" in out["detail"][1]
+    assert "texture_resized" not in out["detail"][1]
     assert np.isfinite(out["img_latent"]).all() and not out["img_latent"][1].any()
     assert np.abs(out["img_latent"][0, :4]).max() > 1000  # the surviving row really is scaled
 
@@ -156,18 +157,14 @@ def test_nan_weights_reject_every_row(tiny_vae, photos, tmp_path):
     image = resize_to(photos["image"], 256, 176)
     out = stage(make_batch([image, image], [image, image]))
     assert list(out["status"]) == ["vae_nonfinite", "vae_nonfinite"]
-    assert "image_hw latent has non-finite values in float32" in out["detail"][0]
-    assert "texture_hw latent has non-finite values in float32" in out["detail"][0]
+    assert "image_resized latent has non-finite values in float32" in out["detail"][0]
+    assert "texture_resized latent has non-finite values in float32" in out["detail"][0]
 
 
-def test_scaling_factor_and_describe(tiny_vae):
+def test_scaling_factor_and_latent_shape(tiny_vae):
     stage = VaeStage(config=VaeConfig(path=tiny_vae, height=512, width=352))
     assert stage.scaling_factor == pytest.approx(0.18215)
     assert stage.latent_channels == 8 and stage.latent_shape == (8, 64, 44)
-    described = stage.describe()
-    json.dumps(described)
-    assert described["scaling_factor"] == stage.scaling_factor
-    assert (described["height"], described["width"], described["dtype"]) == (512, 352, "float32")
 
 
 def test_folder_missing_its_config(tiny_vae, tmp_path):

