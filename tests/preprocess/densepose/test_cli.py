@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocess.common import object_column
 from preprocess.densepose.__main__ import main
 from preprocess.densepose.stage import DensePoseConfig, DensePoseStage
+from tests.conftest import stage_batch
 
 
 def test_dump_writes_the_fixture_keys_and_a_visualisation(tiny, tmp_path, astronaut):
@@ -33,10 +33,7 @@ def test_dump_writes_the_fixture_keys_and_a_visualisation(tiny, tmp_path, astron
     decoded = np.asarray(Image.open(image).convert("RGB"))
     stage = DensePoseStage(config=DensePoseConfig(config_path=tiny[0], weights_path=tiny[1], max_batch=2))
     images = [decoded, np.repeat(astronaut[:, :, :1], 3, axis=2)]
-    batch = {"image_id": np.array(["a", "g"], dtype=object), "status": np.array(["ok", "ok"], dtype=object),
-             "reject_stage": np.array(["", ""], dtype=object), "detail": np.array(["", ""], dtype=object),
-             "image": object_column(images)}
-    expected = stage(batch)
+    expected = stage(stage_batch(2, image=images))
     np.testing.assert_array_equal(dump["iuv_top1"], expected["iuv"][0])
     assert dump["scores"][0] == expected["person_score"][0] and n == expected["person_count"][0]
     np.testing.assert_array_equal(dump["boxes_xyxy"][0], expected["person_box"][0])

@@ -3,22 +3,14 @@
 import numpy as np
 import pytest
 
-from preprocess.common import object_column
 from preprocess.densepose.stage import DensePoseConfig, DensePoseStage
+from tests.conftest import stage_batch
 
 from .conftest import child_config
 
 
 def _batch(images, status=None):
-    n = len(images)
-    status = status or ["ok"] * n
-    return {
-        "image_id": np.array([f"img{i}" for i in range(n)], dtype=object),
-        "status": np.array(status, dtype=object),
-        "reject_stage": np.array(["" if s == "ok" else "decode" for s in status], dtype=object),
-        "detail": np.array(["" if s == "ok" else "earlier" for s in status], dtype=object),
-        "image": object_column(images),
-    }
+    return stage_batch(len(images), status=status, image=list(images))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,3 @@
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +7,7 @@ from skimage import data
 
 from preprocess.face import FaceConfig, FaceStage
 from preprocess.face.tiny import write_tiny_antelopev2
+from tests.conftest import stage_batch
 
 ASTRONAUT_FACE = np.array([179.4, 58.0, 271.6, 177.1])  # the res10 SSD's box on skimage's astronaut (measured)
 
@@ -21,18 +21,10 @@ def insightface_sample(name: str) -> np.ndarray:
 
 
 def make_batch(images: list, person_boxes=None, statuses=None) -> dict[str, np.ndarray]:
+    """What the face stage receives: images and DensePose's person boxes (zeros: none)."""
     n = len(images)
-    column = np.empty(n, dtype=object)
-    for i, image in enumerate(images):
-        column[i] = image
-    return {
-        "image_id": np.array([f"img{i}" for i in range(n)], dtype=object),
-        "status": np.array(statuses or ["ok"] * n, dtype=object),
-        "reject_stage": np.array([""] * n, dtype=object),
-        "detail": np.array([""] * n, dtype=object),
-        "image": column,
-        "person_box": np.zeros((n, 4), np.float32) if person_boxes is None else np.asarray(person_boxes, np.float32),
-    }
+    boxes = np.zeros((n, 4), np.float32) if person_boxes is None else np.asarray(person_boxes, np.float32)
+    return stage_batch(n, status=statuses, image=list(images), person_box=boxes)
 
 
 def full_body_like(scale: float = 0.35, height: int = 1101, width: int = 750):
@@ -59,14 +51,3 @@ def tiny_antelopev2(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def stage(tiny_antelopev2) -> FaceStage:
     return FaceStage(config=FaceConfig(antelopev2_dir=tiny_antelopev2))
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)

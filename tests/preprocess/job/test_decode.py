@@ -36,6 +36,19 @@ def test_hostile_files_decode_or_are_rejected_with_their_reason(tmp_path):
             assert name in out["detail"][i]  # the message names the file
 
 
+def test_reject_details_are_the_same_text_every_time(tmp_path):
+    """Details go into rejects.parquet, which must be byte-identical between runs: no object reprs."""
+    expected = write_hostile_folder(tmp_path)
+    names = sorted(n for n in expected if expected[n] not in ("", "unreadable"))
+    hashes = {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in names}
+    first = list(run_decode(tmp_path, names, hashes)["detail"])
+    second = list(run_decode(tmp_path, names, hashes)["detail"])
+    assert first == second
+    for detail in first:
+        assert detail and " at 0x" not in detail and "object" not in detail, detail
+    assert any("not an image format PIL can identify" in detail for detail in first)
+
+
 def test_conversions_are_right(tmp_path):
     write_hostile_folder(tmp_path)
     names = ["good.jpg", "rotated.jpg", "alpha.png", "sixteen bit.png", "cmyk.jpg"]

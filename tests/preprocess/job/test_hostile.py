@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import hashlib
 import json
 
@@ -66,6 +67,12 @@ def test_hostile_folder(ray_local, tmp_path, capsys):
     assert pair_reasons.count("target_rejected") + pair_reasons.count("unreadable_target") == bad_images
     assert {"missing_target", "missing_source", "bad_path", "duplicate_pair"} <= set(pair_reasons)
     assert counts.pairs_written == len(rows) - len(pair_reasons)
+    # the rejects table and the manifest's counts agree reason by reason (this run has rejects of each kind)
+    table = pq.read_table(out / "rejects.parquet")
+    assert table.column_names == ["kind", "id", "stage", "reason", "detail", "path"]
+    for kind, counted in (("image", counts.images_rejected), ("pair", counts.pairs_rejected)):
+        listed = Counter(r["reason"] for r in rejects if r["kind"] == kind)
+        assert listed and dict(listed) == counted, (kind, listed, counted)
     # duplicate content under three names (good, copy of good, the unicode name): three ids, one computation
     readable = [name for name in names if expected[name] != "unreadable"]
     contents = {hashlib.sha256((images / name).read_bytes()).hexdigest() for name in readable}
@@ -96,6 +103,12 @@ def test_error_budget_stops_the_job_with_a_clear_message(ray_local, tmp_path, ca
     assert "error budget spent: 2 of 4 images rejected" in err
     assert "--resume" in err
     assert not (out / "manifest.json").exists()
+    # what was done before the stop is on disk: partial figures, and the run's log with the reason
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["complete"] is False and stats["images_done"] >= 2
+    assert stats["stages"]["decode"]["rejected"] == {"decode_failed": 2}
+    log = (out / "build_shards.log").read_text()
+    assert "error budget spent: 2 of 4 images rejected" in log and "to compute" in log
 
 
 def test_inputs_that_all_fail_to_read_stop_before_any_work(tmp_path, capsys, model_cache):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import pyarrow.parquet as pq
 import pytest
 
 from preprocess.build_shards import main
@@ -135,13 +134,6 @@ def test_moving_the_models_keeps_the_feature_cache(reference_run, demo_inputs, m
     assert len(list((out / "features").iterdir())) == 2
 
 
-def test_rejects_table_matches_the_manifest(reference_run):
-    table = pq.read_table(reference_run / "rejects.parquet")
-    assert table.column_names == ["kind", "id", "stage", "reason", "detail", "path"]
-    manifest = read_manifest(str(reference_run))
-    assert table.num_rows == sum(manifest.counts.images_rejected.values()) + sum(manifest.counts.pairs_rejected.values())
-
-
 def _job_command(demo_inputs, out, *extra: str) -> list[str]:
     import sys
     from pathlib import Path
@@ -181,7 +173,9 @@ def test_resume_after_sigkill_of_the_driver_gives_the_same_shards(reference_run,
     from preprocess.job.features import FEATURES_DIR, scan_features
 
     out = tmp_path / "out"
-    delay = random.uniform(8.0, 30.0)  # the message of every assertion below names it
+    # A seeded delay (MCLD_TEST_KILL_SEED picks another), so a failure can be rerun at the same moment.
+    seed = int(os.environ.get("MCLD_TEST_KILL_SEED", "0"))
+    delay = random.Random(seed).uniform(8.0, 30.0)  # the message of every assertion below names it
     code, output = _run_detached(_job_command(demo_inputs, out), kill_after=delay)
     finished_before = set()
     for folder in (out / FEATURES_DIR).glob("*"):

@@ -5,21 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from preprocess.common import STATUS_OK, object_column
+from preprocess.common import STATUS_OK
 from preprocess.texture import core
 from preprocess.texture.stage import TextureConfig, TextureStage
 from preprocess.texture.synthetic import synthetic_image, synthetic_iuv
 
 
 def _batch(rows: list[tuple[str, np.ndarray, np.ndarray, str]]) -> dict[str, np.ndarray]:
-    return {
-        "image_id": np.array([r[0] for r in rows], dtype=object),
-        "status": np.array([r[3] for r in rows], dtype=object),
-        "reject_stage": np.array(["" if r[3] == STATUS_OK else "densepose" for r in rows], dtype=object),
-        "detail": np.array(["" if r[3] == STATUS_OK else "no person found" for r in rows], dtype=object),
-        "image": object_column([r[1] for r in rows]),
-        "iuv": object_column([r[2] for r in rows]),
-    }
+    """Rows of (image id, image, iuv, status), as DensePose hands them on."""
+    return stage_batch(len(rows), status=[r[3] for r in rows], ids=[r[0] for r in rows], failed_stage="densepose",
+                       failed_detail="no person found", image=[r[1] for r in rows], iuv=[r[2] for r in rows])
 
 
 @pytest.fixture(scope="module")

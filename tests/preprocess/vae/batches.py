@@ -2,17 +2,13 @@
 
 import numpy as np
 
+from tests.conftest import stage_batch
+
 RESOLUTIONS = [(512, 512), (512, 352), (256, 176)]
 
 
 def make_batch(images: list[np.ndarray], textures: list[np.ndarray], *, status: list[str] | None = None) -> dict:
-    n = len(images)
-    status = status or ["ok"] * n
-    return {
-        "image_id": np.array([f"img-{i}" for i in range(n)], dtype=object),
-        "status": np.array(status, dtype=object),
-        "reject_stage": np.array(["" if s == "ok" else "densepose" for s in status], dtype=object),
-        "detail": np.array(["" if s == "ok" else "img: upstream" for s in status], dtype=object),
-        "image_resized": np.stack(images),
-        "texture_resized": np.stack(textures),
-    }
+    """What the resize stage hands on: the resized image and texture of each row, stacked."""
+    return stage_batch(len(images), status=status, ids=[f"img-{i}" for i in range(len(images))],
+                       failed_stage="densepose", failed_detail="img: upstream",
+                       image_resized=np.stack(images), texture_resized=np.stack(textures))
