@@ -8,6 +8,8 @@ from preprocess.densepose.__main__ import main
 from preprocess.densepose.stage import DensePoseConfig, DensePoseStage
 from tests.conftest import stage_batch
 
+from .conftest import assert_iuv_close
+
 
 def test_dump_writes_the_fixture_keys_and_a_visualisation(tiny, tmp_path, astronaut):
     image = tmp_path / "astronaut.jpg"
@@ -34,7 +36,7 @@ def test_dump_writes_the_fixture_keys_and_a_visualisation(tiny, tmp_path, astron
     stage = DensePoseStage(config=DensePoseConfig(config_path=tiny[0], weights_path=tiny[1], max_batch=2))
     images = [decoded, np.repeat(astronaut[:, :, :1], 3, axis=2)]
     expected = stage(stage_batch(2, image=images))
-    np.testing.assert_array_equal(dump["iuv_top1"], expected["iuv"][0])
+    assert_iuv_close(dump["iuv_top1"], expected["iuv"][0])
     assert dump["scores"][0] == expected["person_score"][0] and n == expected["person_count"][0]
     np.testing.assert_array_equal(dump["boxes_xyxy"][0], expected["person_box"][0])
     vis = Image.open(out / "astronaut_vis.png")

@@ -9,6 +9,7 @@ from preprocess.common import STATUS_OK
 from preprocess.texture import core
 from preprocess.texture.stage import TextureConfig, TextureStage
 from preprocess.texture.synthetic import synthetic_image, synthetic_iuv
+from tests.conftest import stage_batch
 
 
 def _batch(rows: list[tuple[str, np.ndarray, np.ndarray, str]]) -> dict[str, np.ndarray]:
