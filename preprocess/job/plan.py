@@ -139,7 +139,7 @@ class Pipeline:
 
 def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
     """The stage specs for this job and the description that fingerprints the features."""
-    from preprocess.stages import stage_specs
+    from preprocess.stages import part_masks_sha256, stage_specs
 
     paths: ModelPaths = resolve_models(config.models)
     device = config.device
@@ -161,6 +161,8 @@ def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
         "previews": config.previews,
         "device": device,
         "dtype": dtype,
+        "face_mode": paths.face_mode,  # "paper" | "reference" (DESIGN.md, "Feature modes")
+        "texture_part_masks_sha256": part_masks_sha256(paths),  # None: masks derived from DensePose's chart
     }
     description = {
         "fingerprint": {"models": [asdict(m) for m in models], "settings": settings},
