@@ -22,7 +22,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 from preprocess.job.inputs import InputError  # noqa: E402
 from preprocess.job.plan import JobConfig  # noqa: E402
 from preprocess.job.run import JobError, run_job  # noqa: E402
-from preprocess.models import ModelsError  # noqa: E402
+from preprocess.models import ModelsError, read_models_file  # noqa: E402
 from shards.writer import parse_size  # noqa: E402
 
 
@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         print("build_shards.py: --resume and --overwrite exclude each other", file=sys.stderr)
         return 2
     try:
-        manifest = run_job(config_from_args(args, argv))
+        config = config_from_args(args, argv)
+        if config.models != "tiny":
+            read_models_file(config.models)  # a bad models file is refused before --out is touched
+        manifest = run_job(config)
     except (JobError, InputError, ModelsError) as error:
         print(f"build_shards.py: {error}", file=sys.stderr)
         return 1

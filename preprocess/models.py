@@ -6,6 +6,7 @@ on-disk formats, into a cache folder, and from there they load through the very 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -47,7 +48,9 @@ MODELS_FILE_KEYS = {
     "texture": {"part_masks"},  # optional section
     "vae": None,
     "clip": None,
+    "tiny": None,  # `tiny: true`: the tiny models, with this file's feature modes (demos and tests)
 }
+TINY_FILE_KEYS = {"tiny", "face", "texture"}
 FACE_MODES = ("paper", "reference")
 OPTIONAL_SECTIONS = ("texture",)
 
@@ -66,6 +69,14 @@ def read_models_file(path: str | os.PathLike) -> ModelPaths:
     unknown = sorted(set(data) - set(MODELS_FILE_KEYS))
     if unknown:
         raise ModelsError(f"--models {path}: unknown key(s) {unknown}; known: {sorted(MODELS_FILE_KEYS)}")
+    tiny = data.get("tiny", False)
+    if not isinstance(tiny, bool):
+        raise ModelsError(f"--models {path}: tiny must be true or false, got {tiny!r}")
+    if tiny:
+        extra = sorted(set(data) - TINY_FILE_KEYS)
+        if extra or set(data.get("face") or {}) - {"mode"}:
+            raise ModelsError(f"--models {path}: with tiny: true, give only face.mode and texture.part_masks "
+                              f"(the tiny models replace every weight); also found {extra or sorted(data['face'])}")
 
     def local(value: object, name: str, *, required: bool = True) -> str | None:
         if value is None and not required:
@@ -88,7 +99,10 @@ def read_models_file(path: str | os.PathLike) -> ModelPaths:
             raise ModelsError(f"--models {path}: unknown key(s) {extra} under {name}")
         return value
 
-    densepose, face, texture = section("densepose"), section("face"), section("texture")
+    if tiny:
+        densepose, face, texture = {}, section("face") if "face" in data else {}, section("texture")
+    else:
+        densepose, face, texture = section("densepose"), section("face"), section("texture")
     if (face.get("ssd_prototxt") is None) != (face.get("ssd_caffemodel") is None):
         raise ModelsError(f"--models {path}: give both face.ssd_prototxt and face.ssd_caffemodel, or neither")
     face_mode = face.get("mode", "paper")
@@ -102,6 +116,8 @@ def read_models_file(path: str | os.PathLike) -> ModelPaths:
     part_masks = local(texture.get("part_masks"), "texture.part_masks", required=False)
     if part_masks is not None:
         check_part_masks(part_masks, what=f"--models {path}: texture.part_masks = {texture['part_masks']}")
+    if tiny:
+        return dataclasses.replace(tiny_models(), face_mode=face_mode, texture_part_masks=part_masks)
     return ModelPaths(
         densepose_config=local(densepose.get("config"), "densepose.config"),
         densepose_weights=local(densepose.get("weights"), "densepose.weights"),
