@@ -41,3 +41,39 @@ def write_tiny_models_file(path: Path, *, face_mode: str | None = None, part_mas
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
+
+
+MODES_PAIRS = [  # a few demo photos (preprocess/demo.py), and two bad inputs
+    ("astronaut/front.png", "astronaut/portrait crop.png"),
+    ("astronaut/portrait crop.png", "cameraman/front.png"),
+    ("cameraman/front.png", "group/left half.jpg"),
+    ("group/left half.jpg", "astronaut/front.png"),
+    ("bad/broken.jpg", "astronaut/front.png"),
+    ("bad/black.png", "astronaut/front.png"),
+]
+
+
+def run_feature_modes_job(folder: Path) -> tuple[Path, Path, Path]:
+    """Write the inputs and a `tiny: true` models file with both reference modes, run build_shards."""
+    from PIL import Image
+
+    from preprocess.build_shards import main
+    from preprocess.demo import demo_photos
+
+    root = folder / "images"
+    photos = demo_photos()
+    for path in {p for pair in MODES_PAIRS for p in pair if not p.startswith("bad/")}:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photos[path]).save(root / path)
+    (root / "bad").mkdir()
+    (root / "bad" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    Image.fromarray(np.zeros((320, 240, 3), np.uint8)).save(root / "bad" / "black.png")
+    pairs = folder / "pairs.csv"
+    pairs.write_text("from,to\n" + "".join(f"{a},{b}\n" for a, b in MODES_PAIRS))
+    masks = derived_part_masks_png(folder / "texture_bg_200.png")
+    models = write_tiny_models_file(folder / "models.yaml", face_mode="reference", part_masks=masks)
+    out = folder / "out"
+    code = main(["--images", str(root), "--pairs", str(pairs), "--out", str(out), "--models", str(models),
+                 "--no-progress", "--resolution", "256x176", "--max-errors", "0.5"])
+    assert code == 0, "the feature-modes job failed (see its stderr)"
+    return out, root, masks
