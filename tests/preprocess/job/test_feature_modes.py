@@ -76,3 +76,20 @@ def test_texture_previews_are_in_the_cache_and_the_samples(modes_run):
             assert row["preview_jpg"] is None  # did not decode: no thumbnail
         else:
             assert row["preview_jpg"]  # decoded, rejected later: its thumbnail is kept
+
+
+def test_summary_states_the_modes_and_show_draws_the_texture(modes_run, tmp_path, capsys):
+    from tools.cli import main as cli
+    from tools.show import find_sample, render_sheet
+
+    out, _, masks = modes_run
+    assert cli(["summary", str(out)]) == 0
+    digest = hashlib.sha256(masks.read_bytes()).hexdigest()
+    assert f"feature modes: face reference, texture part masks sha256 {digest[:16]}" in capsys.readouterr().out
+    sample = find_sample(str(out), index=0)
+    with_texture, without = tmp_path / "with.png", tmp_path / "without.png"
+    render_sheet(sample, str(with_texture))
+    render_sheet({k: v for k, v in sample.items() if k != "tex"}, str(without))
+    drawn = np.asarray(Image.open(with_texture).convert("RGB")).astype(np.int16)
+    blank = np.asarray(Image.open(without).convert("RGB")).astype(np.int16)
+    assert drawn.shape == blank.shape and np.abs(drawn - blank).sum(-1).astype(bool).mean() > 0.02
