@@ -12,7 +12,6 @@ import base64
 import heapq
 import html
 import io
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,8 +22,6 @@ from shards.manifest import FEATURES_NAME, REJECTS_NAME, Manifest
 from shards.reader import pipeline, resolve
 from shards.rejects import read_rejects
 
-
-logger = logging.getLogger(__name__)
 LOWEST = 8  # samples shown per "lowest coverage" gallery
 NO_FACE_SHOWN = 48  # samples without a face shown (all are counted)
 THUMB_HEIGHT = 128
@@ -62,7 +59,7 @@ class _Lowest:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._heap: list[tuple[float, str, GalleryItem]] = []  # (-value, negated key order, item)
+        self._heap: list[tuple[float, _Desc, GalleryItem]] = []  # (-value, reversed key, item)
 
     def offer(self, value: float, key: str, make) -> None:
         entry = (-value, _Desc(key))

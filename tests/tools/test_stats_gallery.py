@@ -103,3 +103,17 @@ def test_every_picture_renders_and_the_counts_are_the_manifests(feature_modes_ru
     assert result["rejected_images"] == rejected_images - counts.images_rejected.get("decode_failed", 0)
     assert result["cards"]["low_texture"] == result["cards"]["low_pose"] == min(8, counts.pairs_written)
     assert result["cards"].get("no_face", 0) == min(48, counts.pairs_written - counts.pairs_face_ok)
+
+
+def test_the_lowest_coverage_gallery_keeps_the_lowest_values():
+    import random
+
+    from tools.stats import GalleryItem, _Lowest
+
+    rng = random.Random(3)
+    values = [(round(rng.random(), 1), f"k{i:03d}") for i in range(60)]  # many ties: ordered by key
+    rng.shuffle(values)
+    lowest = _Lowest(8)
+    for value, key in values:
+        lowest.offer(value, key, lambda key=key: GalleryItem(key=key, caption="", pictures=[]))
+    assert [item.key for item in lowest.items()] == [key for _, key in sorted(values)[:8]]
