@@ -27,7 +27,7 @@ from preprocess.job.inputs import InputError  # noqa: E402
 from preprocess.job.report import format_table  # noqa: E402
 from preprocess.job.config import JobConfig, JobError  # noqa: E402
 from preprocess.job.run import run_job  # noqa: E402
-from preprocess.models import ModelsError  # noqa: E402
+from preprocess.models import ModelsError, read_models_file  # noqa: E402
 from shards import storage  # noqa: E402
 from shards.cli import add_verbosity, setup_console_logging  # noqa: E402
 from shards.manifest import STATS_NAME  # noqa: E402
@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         print("build_shards.py: --resume and --overwrite exclude each other", file=sys.stderr)
         return 2
     try:
-        manifest = run_job(config_from_args(args, argv))
+        config = config_from_args(args, argv)
+        if config.models != "tiny":
+            read_models_file(config.models)  # a bad models file is refused before --out is touched
+        manifest = run_job(config)
     except (JobError, InputError, ModelsError) as error:
         print(f"build_shards.py: {error}", file=sys.stderr)
         return 1

@@ -6,8 +6,10 @@ on-disk formats, into a cache folder, and from there they load through the very 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +21,7 @@ import yaml
 from shards.storage import sha256_of
 
 TINY_SEED = 0
+logger = logging.getLogger(__name__)
 
 
 class ModelsError(ValueError):
@@ -35,14 +38,21 @@ class ModelPaths:
     vae: str
     clip: str
     tiny: bool = False
+    face_mode: str = "paper"  # FACE_MODES: the paper's SSD -> crop -> SCRFD path, or the reference code's
+    texture_part_masks: str | None = None  # a 6 x 4 tiled mask PNG (MCLD's texture_bg_200.png); None: derived
 
 
 MODELS_FILE_KEYS = {
     "densepose": {"config", "weights"},
-    "face": {"ssd_prototxt", "ssd_caffemodel", "antelopev2"},
+    "face": {"mode", "ssd_prototxt", "ssd_caffemodel", "antelopev2"},
+    "texture": {"part_masks"},  # optional section
     "vae": None,
     "clip": None,
+    "tiny": None,  # `tiny: true`: the tiny models, with this file's feature modes (demos and tests)
 }
+TINY_FILE_KEYS = {"tiny", "face", "texture"}
+FACE_MODES = ("paper", "reference")
+OPTIONAL_SECTIONS = ("texture",)
 
 
 def read_models_file(path: str | os.PathLike) -> ModelPaths:
@@ -59,6 +69,14 @@ def read_models_file(path: str | os.PathLike) -> ModelPaths:
     unknown = sorted(set(data) - set(MODELS_FILE_KEYS))
     if unknown:
         raise ModelsError(f"--models {path}: unknown key(s) {unknown}; known: {sorted(MODELS_FILE_KEYS)}")
+    tiny = data.get("tiny", False)
+    if not isinstance(tiny, bool):
+        raise ModelsError(f"--models {path}: tiny must be true or false, got {tiny!r}")
+    if tiny:
+        extra = sorted(set(data) - TINY_FILE_KEYS)
+        if extra or set(data.get("face") or {}) - {"mode"}:
+            raise ModelsError(f"--models {path}: with tiny: true, give only face.mode and texture.part_masks "
+                              f"(the tiny models replace every weight); also found {extra or sorted(data['face'])}")
 
     def local(value: object, name: str, *, required: bool = True) -> str | None:
         if value is None and not required:
@@ -72,6 +90,8 @@ def read_models_file(path: str | os.PathLike) -> ModelPaths:
 
     def section(name: str) -> dict:
         value = data.get(name)
+        if value is None and name in OPTIONAL_SECTIONS:
+            return {}
         if not isinstance(value, dict):
             raise ModelsError(f"--models {path}: {name} must be a mapping with keys {sorted(MODELS_FILE_KEYS[name])}")
         extra = sorted(set(value) - MODELS_FILE_KEYS[name])
@@ -79,9 +99,25 @@ def read_models_file(path: str | os.PathLike) -> ModelPaths:
             raise ModelsError(f"--models {path}: unknown key(s) {extra} under {name}")
         return value
 
-    densepose, face = section("densepose"), section("face")
+    if tiny:
+        densepose, face, texture = {}, section("face") if "face" in data else {}, section("texture")
+    else:
+        densepose, face, texture = section("densepose"), section("face"), section("texture")
     if (face.get("ssd_prototxt") is None) != (face.get("ssd_caffemodel") is None):
         raise ModelsError(f"--models {path}: give both face.ssd_prototxt and face.ssd_caffemodel, or neither")
+    face_mode = face.get("mode", "paper")
+    if face_mode not in FACE_MODES:
+        raise ModelsError(f"--models {path}: face.mode = {face_mode!r} is not one of {list(FACE_MODES)} "
+                          "(paper: SSD -> 1.5x crop -> SCRFD -> ArcFace; reference: the released MCLD code's "
+                          "FaceAnalysis on the full image)")
+    if face_mode == "reference" and face.get("ssd_prototxt") is not None:
+        logger.warning("--models %s: face.mode is reference, which runs no SSD: face.ssd_prototxt and "
+                       "face.ssd_caffemodel are not used", path)
+    part_masks = local(texture.get("part_masks"), "texture.part_masks", required=False)
+    if part_masks is not None:
+        check_part_masks(part_masks, what=f"--models {path}: texture.part_masks = {texture['part_masks']}")
+    if tiny:
+        return dataclasses.replace(tiny_models(), face_mode=face_mode, texture_part_masks=part_masks)
     return ModelPaths(
         densepose_config=local(densepose.get("config"), "densepose.config"),
         densepose_weights=local(densepose.get("weights"), "densepose.weights"),
@@ -90,7 +126,20 @@ def read_models_file(path: str | os.PathLike) -> ModelPaths:
         antelopev2=local(face.get("antelopev2"), "face.antelopev2"),
         vae=local(data.get("vae"), "vae"),
         clip=local(data.get("clip"), "clip"),
+        face_mode=face_mode,
+        texture_part_masks=part_masks,
     )
+
+
+def check_part_masks(path: str, *, what: str) -> None:
+    """Refuse a part-masks image the texture stage cannot use (wrong size, not 24 parts), before any work."""
+    from preprocess.texture.core import PartMasksError, read_part_masks
+    from preprocess.texture.stage import TextureConfig
+
+    try:
+        read_part_masks(path, atlas_size=TextureConfig().atlas_size)
+    except PartMasksError as error:
+        raise ModelsError(f"{what}: {error}") from error
 
 
 def cache_root() -> Path:

@@ -13,6 +13,7 @@ from shards.writer import ShardRecord
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.parquet"
 STATS_NAME = "stats.json"
+FEATURES_NAME = "features"  # the per-image feature cache: features/{fingerprint[:16]}/*.parquet
 
 
 class ManifestError(ValueError):

@@ -103,6 +103,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               description="small target preview (RGB)"),
     FieldSpec(name="face", encoding="jpg", dtype="uint8", shape=(None, None, 3), required=False,
               description="source face crop (RGB)"),
+    FieldSpec(name="tex", encoding="jpg", dtype="uint8", shape=(None, None, 3), required=False,
+              description="small preview of the source texture map (RGB), what ref_latent encodes"),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 FIELDS_BY_MEMBER = {f.member: f for f in FIELDS}

@@ -1,4 +1,5 @@
-"""Helpers every test folder shares: a stage batch with its bookkeeping columns, and a network guard."""
+"""Helpers every test folder shares: a stage batch with its bookkeeping columns, a network guard, and one
+feature-modes job run."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def no_network(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     yield attempts
     assert attempts == [], f"network access attempted: {attempts}"
+
+
+@pytest.fixture(scope="session")
+def feature_modes_run(tmp_path_factory):
+    """One job run with the reference's feature modes (tiny models, face.mode reference, texture.part_masks),
+    on a few demo photos plus a file that does not decode and an all-black photo: (out, images, masks).
+
+    Shared by the job's feature-mode tests and the stats gallery's browser test (one run, not two)."""
+    from tests.preprocess.feature_modes import run_feature_modes_job
+
+    return run_feature_modes_job(tmp_path_factory.mktemp("feature-modes"))

