@@ -12,7 +12,8 @@ import yaml
 
 from preprocess.build_shards import main as build_shards
 from preprocess.job.features import fingerprint
-from preprocess.job.plan import JobConfig, build_pipeline
+from preprocess.job.config import JobConfig
+from preprocess.job.layout import build_pipeline
 from preprocess.models import ModelsError, read_models_file, tiny_models
 from preprocess.texture.stage import TextureStage
 from preprocess.texture import uvdata
