@@ -23,6 +23,7 @@ from preprocess.job.inputs import InputError  # noqa: E402
 from preprocess.job.plan import JobConfig  # noqa: E402
 from preprocess.job.run import JobError, run_job  # noqa: E402
 from preprocess.models import ModelsError  # noqa: E402
+from shards.storage import StorageError, preflight  # noqa: E402
 from shards.writer import parse_size  # noqa: E402
 
 
@@ -115,6 +116,13 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> JobConfig:
     )
 
 
+def check_stores(config: JobConfig) -> None:
+    """Object-store URLs answer, with their buckets and credentials, before Ray starts or anything is read."""
+    preflight(config.images, what="--images")
+    preflight(config.pairs, what="--pairs")
+    preflight(config.out, what="--out", write=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -122,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         print("build_shards.py: --resume and --overwrite exclude each other", file=sys.stderr)
         return 2
     try:
-        manifest = run_job(config_from_args(args, argv))
-    except (JobError, InputError, ModelsError) as error:
+        config = config_from_args(args, argv)
+        check_stores(config)
+        manifest = run_job(config)
+    except (JobError, InputError, ModelsError, StorageError) as error:
         print(f"build_shards.py: {error}", file=sys.stderr)
         return 1
     counts = manifest.counts

@@ -173,7 +173,7 @@ def scan_features(directory: str, *, names: set[str] | None = None) -> dict[str,
         return index
     for name in sorted(names) if names is not None else storage.list_names(directory):
         location = storage.join(directory, name)
-        if name.startswith(".") and name.endswith(".tmp"):
+        if storage.is_temporary(name):
             storage.remove(location)
             continue
         if not name.endswith(".parquet"):
