@@ -148,7 +148,8 @@ def write_shard(
                 members["tgt.jpg"] = target["preview_jpg"]
                 if source["face_jpg"] is not None:
                     members["face.jpg"] = source["face_jpg"]
-            writer.write_encoded(members)
+            writer.write_encoded(members, decode_pixels=False)  # members the job's encoder made
+    reader.close()
     (record,) = writer.records
     assert record.name == plan.name
     return record
