@@ -111,11 +111,11 @@ def write_feature_range(directory: str, ids: list[str], start: int, stop: int, *
 
     from preprocess.job.features import write_feature_file
 
-    templates = template_rows(config.templates, seed=config.seed, previews=config.previews)
+    templates = template_rows(min(config.templates, config.images), seed=config.seed, previews=config.previews)
     files = 0
     for first in range(start, stop, config.batch_size):
         indices = list(range(first, min(stop, first + config.batch_size)))
-        table = templates.take(pa.array([i % config.templates for i in indices]))
+        table = templates.take(pa.array([i % templates.num_rows for i in indices]))
         table = table.set_column(0, "content_hash", pa.array([image_hash(i) for i in indices], pa.string()))
         table = table.set_column(1, "image_id", pa.array([ids[i] for i in indices], pa.string()))
         write_feature_file(directory, table)
