@@ -128,6 +128,7 @@ class PeakRss:
     """Samples the resident memory of this process and of its Ray worker processes (``ray::`` children)."""
 
     interval: float = 0.1
+    driver_start_mb: float = 0.0  # before the timed phases: imports, Ray's client
     driver_mb: float = 0.0
     workers_mb: float = 0.0  # the largest single worker
     workers_total_mb: float = 0.0  # all workers at one moment
@@ -156,6 +157,9 @@ class PeakRss:
             self.sample()
 
     def __enter__(self) -> PeakRss:
+        import psutil
+
+        self.driver_start_mb = psutil.Process().memory_info().rss / 2**20
         self.sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -244,6 +248,7 @@ def run_scale(config: ScaleConfig) -> dict:
         "microseconds_per_pair": round(1e6 * seconds / pairs, 1),
         "cores": cores,
         "peak_rss_driver_mb": round(peak.driver_mb, 1),
+        "rss_driver_before_mb": round(peak.driver_start_mb, 1),
         "peak_rss_workers_mb": round(peak.workers_mb, 1),
         "peak_rss_workers_total_mb": round(peak.workers_total_mb, 1),
         "prepare_seconds_untimed": round(prepare_s, 1),
