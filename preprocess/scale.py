@@ -132,6 +132,7 @@ class PeakRss:
     driver_mb: float = 0.0
     workers_mb: float = 0.0  # the largest single worker
     workers_total_mb: float = 0.0  # all workers at one moment
+    _cpu: dict = field(default_factory=dict)  # worker pid -> (first, last) user+system CPU seconds
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -146,11 +147,19 @@ class PeakRss:
                 if not child.name().startswith("ray::") and "default_worker" not in " ".join(child.cmdline()):
                     continue
                 rss = child.memory_info().rss / 2**20
+                times = child.cpu_times()
+                first, _ = self._cpu.get(child.pid, (times.user + times.system, 0.0))
+                self._cpu[child.pid] = (first, times.user + times.system)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             total += rss
             self.workers_mb = max(self.workers_mb, rss)
         self.workers_total_mb = max(self.workers_total_mb, total)
+
+    @property
+    def workers_cpu_seconds(self) -> float:
+        """CPU time the workers spent while sampled: on a shared machine, the cost that wall time hides."""
+        return sum(last - first for first, last in self._cpu.values())
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -247,6 +256,9 @@ def run_scale(config: ScaleConfig) -> dict:
         "join_write_pairs_per_second_per_core": round(pairs / phases["join_write"] / cores, 1),
         "microseconds_per_pair": round(1e6 * seconds / pairs, 1),
         "cores": cores,
+        "workers_cpu_seconds": round(peak.workers_cpu_seconds, 1),
+        "join_write_pairs_per_worker_cpu_second": round(pairs / max(peak.workers_cpu_seconds, 1e-9), 1),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 1),
         "peak_rss_driver_mb": round(peak.driver_mb, 1),
         "rss_driver_before_mb": round(peak.driver_start_mb, 1),
         "peak_rss_workers_mb": round(peak.workers_mb, 1),
