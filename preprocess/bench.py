@@ -4,6 +4,9 @@ from 1 to N CPU workers, on real photos at DeepFashion's size (1101 x 750).
 With ``--models tiny`` (the default) DensePose, the recogniser, the VAE and CLIP are toy-width, while
 decode, the SSD face detector, the texture mapping (OpenCV inpainting) and the shard writing are the real
 ones: the figure says what the CPU-bound parts cost. Pass a models file to time real weights.
+
+``--scale N`` times the non-model path instead (planning, feature table, pair join into shards) for N
+images and about 2N pairs on synthetic cached features (preprocess/scale.py).
 """
 
 from __future__ import annotations
@@ -75,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=48, help="photos to process (default 48)")
     parser.add_argument("--models", default="tiny")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    parser.add_argument("--scale", type=int, metavar="N",
+                        help="time planning + feature table + pair join for N images, ~2N pairs (synthetic features)")
+    parser.add_argument("--scale-out", help="with --scale: keep the scratch folder here (default: a deleted temp folder)")
+    parser.add_argument("--no-previews", dest="previews", action="store_false", help="with --scale: features without previews")
+    parser.add_argument("--shard-size", default="1GB", help="with --scale: byte budget per shard (default 1GB)")
     args = parser.parse_args(argv)
+    if args.scale is not None:
+        return scale_main(args)
     import ray
 
     from preprocess.job.layout import ray_runtime_env
@@ -105,6 +115,37 @@ def main(argv: list[str] | None = None) -> int:
         "reference_images_per_s": round(reference, 2),
         "reference_note": "MCLD's preprocessing: about 8 hours for DeepFashion's 52,712 images (on a GPU)",
         "results": results,
+    }, indent=1))
+    return 0
+
+
+def scale_main(args: argparse.Namespace) -> int:
+    import ray
+
+    from preprocess.job.plan import ray_runtime_env
+    from preprocess.scale import ScaleConfig, run_scale
+    from shards.writer import parse_size
+
+    cores = max(int(w) for w in args.workers.split(","))
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(num_cpus=cores, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
+    try:
+        with contextlib.ExitStack() as stack:
+            out = args.scale_out or stack.enter_context(tempfile.TemporaryDirectory())
+            config = ScaleConfig(images=args.scale, out=out, previews=args.previews,
+                                 shard_bytes=parse_size(args.shard_size))
+            result = run_scale(config)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    result.pop("records")
+    print(json.dumps({
+        "benchmark": "build_shards non-model path at scale",
+        "what": "synthetic cached features at 512x512 (8x64x64 fp16 latents, 768-d CLIP, 512-d face, IUV PNG"
+                + (", previews" if args.previews else "") + "); scan_features, planning, write_shards",
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        **result,
     }, indent=1))
     return 0
 

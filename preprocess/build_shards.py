@@ -31,6 +31,7 @@ from preprocess.models import ModelsError, read_models_file  # noqa: E402
 from shards import storage  # noqa: E402
 from shards.cli import add_verbosity, setup_console_logging  # noqa: E402
 from shards.manifest import STATS_NAME  # noqa: E402
+from shards.storage import StorageError, preflight  # noqa: E402
 from shards.writer import parse_size  # noqa: E402
 
 
@@ -124,6 +125,13 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> JobConfig:
     )
 
 
+def check_stores(config: JobConfig) -> None:
+    """Object-store URLs answer, with their buckets and credentials, before Ray starts or anything is read."""
+    preflight(config.images, what="--images")
+    preflight(config.pairs, what="--pairs")
+    preflight(config.out, what="--out", write=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -135,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args, argv)
         if config.models != "tiny":
             read_models_file(config.models)  # a bad models file is refused before --out is touched
+        check_stores(config)
         manifest = run_job(config)
-    except (JobError, InputError, ModelsError) as error:
+    except (JobError, InputError, ModelsError, StorageError) as error:
         print(f"build_shards.py: {error}", file=sys.stderr)
         return 1
     counts = manifest.counts

@@ -92,6 +92,10 @@ def resolve(source: str | list[str] | tuple[str, ...], *, split: str | None = No
     text = str(source)
     if "{" in text:
         return resolve(list(braceexpand.braceexpand(text)), split=split)
+    try:
+        storage.preflight(text, what="shards")
+    except storage.StorageError as error:
+        raise ShardError(str(error)) from error
     if not storage.exists(text):
         raise ShardError(f"{text}: no such file or directory")
     if not storage.is_dir(text):

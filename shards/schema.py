@@ -271,3 +271,41 @@ def decode_sample(members: dict[str, Any], *, geometry: Geometry | None = None) 
             raise SchemaError(f"{key}: field {spec.name} cannot be decoded: {error}") from error
     validate_sample(sample, geometry=geometry)
     return sample
+
+
+_IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
+_IMAGE_MODES = {"L": (np.uint8, ()), "RGB": (np.uint8, (3,)), "RGBA": (np.uint8, (4,)), "I;16": (np.uint16, ())}
+
+
+def _header_array(spec: FieldSpec, data: bytes) -> np.ndarray:
+    """An image member's shape and dtype from its header alone, as a zero-stride array (no pixels decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind, mode, (width, height) = image.format, image.mode, image.size
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"not a readable {spec.encoding} header: {error}") from error
+    if kind != _IMAGE_FORMATS[spec.encoding] or mode not in _IMAGE_MODES:
+        raise ValueError(f"a {kind} image of mode {mode}, expected {spec.encoding}")
+    dtype, channels = _IMAGE_MODES[mode]
+    return np.broadcast_to(np.zeros((), dtype), (height, width, *channels))
+
+
+def check_encoded(members: dict[str, Any], *, geometry: Geometry | None) -> str:
+    """The checks of :func:`decode_sample` for members made by :func:`encode_field`, without decoding pixels:
+    arrays and meta are decoded and checked in full, PNG/JPEG members by their headers (format, size,
+    channels). For writers that copy members the job's own encoder produced (the pair join); return the key."""
+    key = members.get("__key__")
+    sample: dict[str, Any] = {"__key__": key}
+    for member, data in members.items():
+        if member.startswith("__"):
+            continue
+        spec = FIELDS_BY_MEMBER.get(member)
+        if spec is None:
+            raise SchemaError(f"{key}: unknown member {member!r}; schema v{SCHEMA_VERSION} has {sorted(FIELDS_BY_MEMBER)}")
+        try:
+            sample[spec.name] = _header_array(spec, data) if spec.encoding in _IMAGE_FORMATS else _decode(spec, data)
+        except (ValueError, UnicodeDecodeError, EOFError, OSError) as error:
+            raise SchemaError(f"{key}: field {spec.name} cannot be decoded: {error}") from error
+    return validate_sample(sample, geometry=geometry)

@@ -93,10 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shards.storage import StorageError, preflight
+
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("summary", "verify", "show", "stats"):
+            preflight(args.out, what="output folder")
         return args.run(args)
-    except (ManifestError, ShardError, OutputPathError) as error:
+    except (ManifestError, ShardError, OutputPathError, StorageError) as error:
         print(f"mcld-data {args.command}: {error}", file=sys.stderr)
         return 1
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,7 +190,7 @@ def scan_features(directory: str, *, names: set[str] | None = None) -> dict[str,
         return index
     for name in sorted(names) if names is not None else storage.list_names(directory):
         location = storage.join(directory, name)
-        if name.startswith(".") and name.endswith(".tmp"):
+        if storage.is_temporary(name):
             storage.remove(location)
             continue
         if not name.endswith(".parquet"):
@@ -202,17 +203,29 @@ def scan_features(directory: str, *, names: set[str] | None = None) -> dict[str,
 
 
 class FeatureReader:
-    """Reads the big columns of single rows, keeping files open; one per shard-writing task."""
+    """Reads the big columns of single rows, keeping up to ``open_files`` files open (least recently used
+    closed first): one per shard-writing task, whose files number the dataset's images / batch size."""
 
-    def __init__(self) -> None:
-        self._files: dict[str, pq.ParquetFile] = {}
+    def __init__(self, *, open_files: int = 256) -> None:
+        self._files: OrderedDict[str, pq.ParquetFile] = OrderedDict()
+        self._open_files = open_files
 
     def read(self, row: FeatureRow, columns: list[str]) -> dict[str, bytes | None]:
         parquet = self._files.get(row.file)
         if parquet is None:
+            if len(self._files) >= self._open_files:
+                _, oldest = self._files.popitem(last=False)
+                oldest.close(force=True)  # also the stream it was given
             parquet = self._files[row.file] = pq.ParquetFile(storage.open_read(row.file))
+        else:
+            self._files.move_to_end(row.file)
         table = parquet.read_row_group(row.row, columns=columns)
         return {name: table.column(name)[0].as_py() for name in columns}
+
+    def close(self) -> None:
+        for parquet in self._files.values():
+            parquet.close(force=True)
+        self._files.clear()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,9 +26,11 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 
 def ray_runtime_env() -> dict[str, Any]:
-    """What workers need beyond the installed package: never touch a model hub; the fault-test hook."""
+    """What workers need beyond the installed package: never touch a model hub; the fault-test hook; where
+    the object store is (its endpoint and region, never credentials: nodes bring their own)."""
     env = dict(OFFLINE_ENV)
-    for name in (FAULT_ENV, "MCLD_DATA_CACHE"):
+    for name in (FAULT_ENV, "MCLD_DATA_CACHE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+                 "AWS_DEFAULT_REGION"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     return {"env_vars": env}

@@ -20,7 +20,7 @@ def prepare_output(config: JobConfig) -> None:
     storage.makedirs(out)
     names = set(storage.list_names(out))
     ours = {MANIFEST_NAME, REJECTS_NAME, STATS_NAME, FEATURES_DIR}
-    previous = {n for n in names if n in ours or n.endswith(".tar") or (n.startswith(".") and n.endswith(".tmp"))}
+    previous = {n for n in names if n in ours or n.endswith(".tar") or storage.is_temporary(n)}
     if previous and not (config.resume or config.overwrite):
         raise JobError(
             f"--out {out}: holds a previous run ({', '.join(sorted(previous)[:4])}...). Pass --resume to reuse its "
@@ -42,6 +42,5 @@ def prepare_output(config: JobConfig) -> None:
 def remove_stale_shards(out: str, split: str, keep: set[str]) -> None:
     for name in storage.list_names(out):
         stale_shard = name.startswith(f"{split}-") and name.endswith(".tar") and name not in keep
-        leftover = name.startswith(".") and name.endswith(".tmp")
-        if stale_shard or leftover:
+        if stale_shard or storage.is_temporary(name):
             storage.remove(storage.join(out, name))

@@ -150,7 +150,8 @@ def write_shard(
                     members["face.jpg"] = source["face_jpg"]
                 if source["texture_jpg"] is not None:
                     members["tex.jpg"] = source["texture_jpg"]
-            writer.write_encoded(members)
+            writer.write_encoded(members, decode_pixels=False)  # members the job's encoder made
+    reader.close()
     (record,) = writer.records
     assert record.name == plan.name
     return record

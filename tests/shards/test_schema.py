@@ -101,3 +101,23 @@ def test_pair_key_round_trip_and_id_rules():
 def test_geometry_refuses_sizes_the_vae_cannot_take():
     with pytest.raises(SchemaError, match="not divisible by 8"):
         Geometry(height=500, width=512, clip_dim=768)
+
+
+def test_header_only_check_refuses_what_a_full_decode_refuses():
+    """check_encoded (the pair join's check) skips pixel decoding but not the shape, format or pair checks."""
+    import cv2
+
+    from shards.schema import check_encoded
+    from shards.synthetic import synthetic_sample
+
+    geometry = Geometry(height=64, width=64, clip_dim=24)
+    members = encode_sample(synthetic_sample(np.random.default_rng(0), geometry=geometry, source_id="a",
+                                             target_id="b", face_ok=True, previews=True), geometry=geometry)
+    assert check_encoded(members, geometry=geometry) == "a__b"
+    wrong_size = {**members, "tgt_pose.png": cv2.imencode(".png", np.zeros((32, 64, 3), np.uint8))[1].tobytes()}
+    with pytest.raises(SchemaError, match="tgt_pose has shape"):
+        check_encoded(wrong_size, geometry=geometry)
+    with pytest.raises(SchemaError, match="field tgt_pose cannot be decoded"):
+        check_encoded({**members, "tgt_pose.png": members["src.jpg"]}, geometry=geometry)  # a JPEG, not a PNG
+    with pytest.raises(SchemaError, match="field src cannot be decoded"):
+        check_encoded({**members, "src.jpg": b"not an image"}, geometry=geometry)
