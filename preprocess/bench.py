@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 def scale_main(args: argparse.Namespace) -> int:
     import ray
 
-    from preprocess.job.plan import ray_runtime_env
+    from preprocess.job.layout import ray_runtime_env
     from preprocess.scale import ScaleConfig, run_scale
     from shards.writer import parse_size
 

@@ -213,7 +213,7 @@ def run_scale(config: ScaleConfig) -> dict:
     from preprocess.job import inputs as job_inputs
     from preprocess.job.features import scan_features
     from preprocess.job.pairs import join_pairs, plan_shards
-    from preprocess.job.plan import JobConfig
+    from preprocess.job.config import JobConfig
     from preprocess.job.run import write_shards
 
     t = time.perf_counter()
