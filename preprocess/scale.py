@@ -89,9 +89,10 @@ def template_rows(count: int, *, seed: int, previews: bool):
         "img_clip": rng.normal(0, 1, (n, g.clip_dim)).astype(np.float16),
         "tex_clip": rng.normal(0, 1, (n, g.clip_dim)).astype(np.float16),
         "face_emb": (rng.normal(0, 1, (n, g.face_dim)) * 20 * face_ok[:, None]).astype(np.float32),
-        "pose_hw": np.stack([synthetic_pose(rng, g.height, g.width) for _ in range(n)]),
-        "texture_hw": rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8),
-        "image_hw": np.stack([smooth_photo(1101, 750) for _ in range(n)]),  # DeepFashion's photo size
+        "pose_resized": np.stack([synthetic_pose(rng, g.height, g.width) for _ in range(n)]),
+        "texture_resized": rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8),
+        "texture": rng.integers(0, 255, (n, 512, 512, 3), dtype=np.uint8),  # the texture stage's map (preview)
+        "image_resized": np.stack([smooth_photo(1101, 750) for _ in range(n)]),  # DeepFashion's photo size
         "face_crop": rng.integers(60, 200, (n, 112, 112, 3), dtype=np.uint8),
         "face_ok": face_ok,
         "orig_h": np.full(n, 1101), "orig_w": np.full(n, 750),
