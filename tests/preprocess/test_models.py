@@ -14,8 +14,8 @@ from preprocess.build_shards import main as build_shards
 from preprocess.job.features import fingerprint
 from preprocess.job.plan import JobConfig, build_pipeline
 from preprocess.models import ModelsError, read_models_file, tiny_models
-from preprocess.texture.stage import TextureStage
 from preprocess.texture import uvdata
+from preprocess.texture.stage import TextureStage
 from tests.preprocess.feature_modes import (
     TEXTURE_FIXTURES,
     derived_part_masks_png,
