@@ -15,8 +15,8 @@ from preprocess.job.features import fingerprint
 from preprocess.job.config import JobConfig
 from preprocess.job.layout import build_pipeline
 from preprocess.models import ModelsError, read_models_file, tiny_models
-from preprocess.texture.stage import TextureStage
 from preprocess.texture import uvdata
+from preprocess.texture.stage import TextureStage
 from tests.preprocess.feature_modes import (
     TEXTURE_FIXTURES,
     derived_part_masks_png,
