@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -43,3 +44,16 @@ def demo_inputs(tmp_path_factory) -> tuple[Path, Path]:
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
+def models_file_for(folder, dest) -> str:
+    """A models YAML naming the tiny models copied to ``folder`` (what a user with real weights writes)."""
+    import yaml
+
+    paths = json.loads((folder / "paths.json").read_text())
+    data = {"densepose": {"config": str(folder / paths["densepose_config"]),
+                          "weights": str(folder / paths["densepose_weights"])},
+            "face": {"antelopev2": str(folder / paths["antelopev2"])},
+            "vae": str(folder / paths["vae"]), "clip": str(folder / paths["clip"])}
+    dest.write_text(yaml.safe_dump(data))
+    return str(dest)

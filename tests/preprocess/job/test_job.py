@@ -11,7 +11,7 @@ from preprocess.build_shards import main
 from shards.manifest import read_manifest
 from shards.reader import iter_samples
 from shards.verify import verify_output
-from tests.preprocess.job.conftest import shard_bytes
+from tests.preprocess.job.conftest import models_file_for, shard_bytes
 from tools.cli import main as cli
 
 
@@ -92,19 +92,6 @@ def test_rerun_uses_the_cache_and_a_changed_setting_does_not(reference_run, demo
     assert manifest.pose_resize == "nearest"
     for sample in iter_samples(str(out)):
         assert set(sample["tgt_pose"][..., 0].ravel().tolist()) <= set(range(25))
-
-
-def models_file_for(folder, dest) -> str:
-    """A models YAML naming the tiny models copied to ``folder`` (what a user with real weights writes)."""
-    import yaml
-
-    paths = json.loads((folder / "paths.json").read_text())
-    data = {"densepose": {"config": str(folder / paths["densepose_config"]),
-                          "weights": str(folder / paths["densepose_weights"])},
-            "face": {"antelopev2": str(folder / paths["antelopev2"])},
-            "vae": str(folder / paths["vae"]), "clip": str(folder / paths["clip"])}
-    dest.write_text(yaml.safe_dump(data))
-    return str(dest)
 
 
 def test_moving_the_models_keeps_the_feature_cache(reference_run, demo_inputs, model_cache, tmp_path):
