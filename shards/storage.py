@@ -159,12 +159,12 @@ def preflight(location: str | os.PathLike, *, what: str, write: bool = False) ->
     bucket = path.split("/", 1)[0]
     try:
         if protocol_of(url) in ATOMIC_PUT_PROTOCOLS:
-            fs.ls(bucket, detail=False, refresh=True)  # lists at most one page: reachability, bucket, rights
+            fs.ls(bucket, detail=False, refresh=True)  # the bucket's top level: reachability, bucket, rights
         else:
             fs.exists(path)
         if write:
-            probe = f"{bucket}/{temporary_name('preflight')}" if protocol_of(url) in ATOMIC_PUT_PROTOCOLS else None
-            if probe:
+            if protocol_of(url) in ATOMIC_PUT_PROTOCOLS:  # where the output goes: rights may be per prefix
+                probe = f"{path.rstrip('/')}/{temporary_name('preflight')}"
                 fs.pipe_file(probe, b"")
                 fs.rm_file(probe)
     except FileNotFoundError as error:
