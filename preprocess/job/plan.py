@@ -54,8 +54,11 @@ class JobConfig:
 
 
 def ray_runtime_env() -> dict[str, Any]:
-    """What workers need beyond the installed package: never touch a model hub; the fault-test hook."""
-    env = dict(OFFLINE_ENV)
+    """What workers need beyond the installed package: never touch a model hub; the memory allocator
+    (it only acts from process start: preprocess/job/allocator.py); the fault-test hook."""
+    from preprocess.job.allocator import allocator_env
+
+    env = {**OFFLINE_ENV, **allocator_env()}
     for name in ("MCLD_DATA_KILL_ONCE", "MCLD_DATA_CACHE"):
         if os.environ.get(name):
             env[name] = os.environ[name]
