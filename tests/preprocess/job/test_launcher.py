@@ -8,7 +8,8 @@ that user's processes, not any other Ray on the machine. Needs root (a user, apt
 
 from __future__ import annotations
 
-import logging
+import getpass
+import hashlib
 import os
 import pwd
 import secrets
@@ -16,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +33,6 @@ from tests.preprocess.job.test_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 SSHD = Path("/usr/sbin/sshd")
-log = logging.getLogger(__name__)
 
 
 def missing_tools() -> list[str]:
@@ -93,6 +94,10 @@ class Node:
         self.port = free_port()
         self.sshd: subprocess.Popen | None = None
         self.created = False
+
+    @property
+    def cluster_name(self) -> str:
+        return f"mcld-test-{self.user}"
 
     def create(self) -> None:
         subprocess.run(["useradd", "--home-dir", str(self.home), "--create-home", "--shell", "/bin/bash",
@@ -166,27 +171,48 @@ class Node:
             except psutil.NoSuchProcess:
                 continue
         psutil.wait_procs(doomed, timeout=10)
+        # the launcher's SSH control sockets for this cluster (Ray names the folder after hashes)
+        user_hash = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
+        cluster_hash = hashlib.sha256(self.cluster_name.encode()).hexdigest()[:10]
+        shutil.rmtree(f"/tmp/ray_ssh_{user_hash}/{cluster_hash}", ignore_errors=True)
         if self.created:
             subprocess.run(["userdel", "--remove", self.user], capture_output=True)
 
 
-def test_config(node: Node, *, token: Path, ports: dict[str, int]) -> dict:
-    """docker/ray-local.yaml with this machine's values filled in; only the install step is swapped.
+NODE_ENV_SCRIPT = """set -e
+# The node's venv sees this test's environment (the same packages, no download) and the synced checkout.
+site=$("$HOME/mcld-venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+printf '%s\\n%s\\n' "$HOME/mcld-data" "{packages}" > "$site/mcld-test-env.pth"
+cat > "$HOME/mcld-venv/bin/ray" <<'RAY'
+#!/bin/sh
+exec "$HOME/mcld-venv/bin/python" -c "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())" "$@"
+RAY
+chmod +x "$HOME/mcld-venv/bin/ray"
+# Ray's temp dir in this user's home: /tmp/ray may belong to another user's Ray on this machine.
+mkdir -p "$HOME/t"
+grep -qs RAY_TMPDIR "$HOME/.bashrc" || echo 'export RAY_TMPDIR=$HOME/t' >> "$HOME/.bashrc"
+"""
 
-    Instead of a fresh venv + `pip install -e ~/mcld-data` (a multi-GB torch download per run), the node's
-    shells put this test's Python environment first on PATH and the synced checkout first on PYTHONPATH.
+
+def test_config(node: Node, *, token: Path, ports: dict[str, int]) -> dict:
+    """docker/ray-local.yaml with this machine's values filled in; only the two pip installs are swapped.
+
+    Instead of `pip install` torch and the checkout into the node's venv (a multi-GB download per run),
+    a .pth file there points at this test's environment and the synced checkout (same CPython minor
+    version), and a `ray` script runs Ray's CLI from it. The venv, its activation in ~/.bashrc and the
+    import check are the config's own commands.
     """
     config = yaml.safe_load((ROOT / "docker" / "ray-local.yaml").read_text())
-    config["cluster_name"] = f"mcld-test-{node.user}"
+    config["cluster_name"] = node.cluster_name
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
     config["auth"] = {"ssh_user": node.user, "ssh_private_key": str(node.key)}
     config["file_mounts"]["~/.ray/auth_token"] = str(token)
-    env_line = (f"export PATH={os.path.dirname(sys.executable)}:$PATH PYTHONPATH=$HOME/mcld-data "
-                f"RAY_TMPDIR=$HOME/t MCLD_DATA_CACHE=$HOME/cache")
-    installs = [c for c in config["setup_commands"] if "mcld-venv" in c]
-    assert len(installs) == 4, "the config's install steps changed: update this test"
-    config["setup_commands"] = [f"mkdir -p ~/t && echo '{env_line}' >> ~/.bashrc"] + [
-        c for c in config["setup_commands"] if c not in installs]
+    script = node.base / "launcher" / "node-env.sh"
+    script.write_text(NODE_ENV_SCRIPT.format(packages=sysconfig.get_paths()["purelib"]))
+    config["file_mounts"]["~/node-env.sh"] = str(script)
+    installs = [i for i, c in enumerate(config["setup_commands"]) if "pip install" in c]
+    assert len(installs) == 2, "the config's install steps changed: update this test"
+    config["setup_commands"][installs[0]:installs[-1] + 1] = ["sh ~/node-env.sh"]
     head = config["head_start_ray_commands"]
     assert head[-1].count("--port=6379") == 1
     head[-1] = head[-1].replace("--port=6379", (
@@ -225,7 +251,7 @@ def test_ray_up_submit_down_on_localhost(tmp_path, ray_local, model_cache):
             out.mkdir()
             os.chown(out, pwd.getpwnam(node.user).pw_uid, -1)
             env = {**os.environ, "PATH": f"{shim}:{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}",
-                   "RAY_TMPDIR": str(base / "launcher")}  # the launcher's cluster state, not /tmp/ray
+                   "RAY_TMPDIR": str(base / "launcher"), "TMPDIR": str(base / "launcher")}  # launcher state, config cache
 
             def launcher(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
                 return subprocess.run([ray, *args], cwd=ROOT, env=env, capture_output=True, text=True,
