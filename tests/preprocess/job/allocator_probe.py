@@ -1,5 +1,5 @@
-"""Run in a fresh process (the allocator is chosen at process start): every model stage of the job, fused
-as a CPU worker runs them, on the demo photos at full size; save every output array to one .npz.
+"""Run in a fresh process (the allocator is chosen at process start): every stage of the job after decode,
+fused as a CPU worker runs them, on the demo photos at full size; save every output array to one .npz.
 
     python -m tests.preprocess.job.allocator_probe OUT.npz
 """
@@ -16,9 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     from preprocess.common import STATUS_OK, object_column
     from preprocess.demo import demo_photos
     from preprocess.job.chain import StageChain
-    from preprocess.job.plan import JobConfig
-    from preprocess.models import tiny_models
-    from preprocess.stages import stage_specs
+    from preprocess.job.plan import JobConfig, build_pipeline
 
     (out,) = argv if argv is not None else sys.argv[1:]
     photos = demo_photos()
@@ -34,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         "orig_h": np.array([im.shape[0] for im in images], np.int32),
         "orig_w": np.array([im.shape[1] for im in images], np.int32),
     }
-    config = JobConfig(images="", pairs="", out="")
-    specs, _ = stage_specs(paths=tiny_models(), config=config, device="cpu", dtype="float32")
-    result = StageChain(specs=specs)(batch)
+    pipeline, _ = build_pipeline(JobConfig(images="", pairs="", out="", models="tiny", device="cpu"))
+    assert pipeline.specs[0].name == "decode"
+    result = StageChain(specs=pipeline.specs[1:])(batch)  # the photos are decoded above
     arrays = {}
     for column, values in result.items():
         if column.startswith("seconds_"):

@@ -223,15 +223,10 @@ def test_config(node: Node, *, token: Path, ports: dict[str, int]) -> dict:
 
 
 @pytest.mark.slow
-def test_ray_up_submit_down_on_localhost(tmp_path, ray_local, model_cache):
+def test_ray_up_submit_down_on_localhost(tmp_path, model_cache, request):
     prerequisites_or_skip()
     ray = shutil.which("ray", path=os.path.dirname(sys.executable))
     assert ray, "the ray CLI is installed with the project"
-    from preprocess.build_shards import main
-
-    plain = tmp_path / "plain"
-    assert main(["--models", "tiny", "--out", str(plain), "--no-progress"]) == 0
-
     base = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     base.chmod(0o755)
     node = Node(base)
@@ -250,15 +245,17 @@ def test_ray_up_submit_down_on_localhost(tmp_path, ray_local, model_cache):
             config.write_text(yaml.safe_dump(test_config(node, token=token, ports=ports)))
             out.mkdir()
             os.chown(out, pwd.getpwnam(node.user).pw_uid, -1)
+            # the launcher's cluster state and config cache in this test's folder, not /tmp/ray
             env = {**os.environ, "PATH": f"{shim}:{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}",
-                   "RAY_TMPDIR": str(base / "launcher"), "TMPDIR": str(base / "launcher")}  # launcher state, config cache
+                   "RAY_TMPDIR": str(base / "launcher"), "TMPDIR": str(base / "launcher")}
 
             def launcher(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
                 return subprocess.run([ray, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                                       timeout=timeout)
 
             def check(done: subprocess.CompletedProcess) -> None:
-                assert done.returncode == 0, f"{' '.join(done.args[1:3])}:\n{done.stdout[-6000:]}\n{done.stderr[-4000:]}"
+                what = " ".join(done.args[1:3])
+                assert done.returncode == 0, f"{what}:\n{done.stdout[-6000:]}\n{done.stderr[-4000:]}"
 
             try:
                 check(launcher("up", "-y", "--no-config-cache", str(config)))
@@ -271,6 +268,12 @@ def test_ray_up_submit_down_on_localhost(tmp_path, ray_local, model_cache):
             check(down)
         finally:
             node.stop()
+        # the same command as a plain local run (in this process, on the session's local Ray)
+        request.getfixturevalue("ray_local")
+        from preprocess.build_shards import main
+
+        plain = tmp_path / "plain"
+        assert main(["--models", "tiny", "--out", str(plain), "--no-progress"]) == 0
         report = verify_output(str(out), progress=False)
         assert report.ok, report.problems
         assert not read_manifest(str(out)).counts.problems()
