@@ -80,14 +80,16 @@ def allocator_env(choice: str | None = None) -> dict[str, str]:
 
 
 def shell_exports(choice: str | None = None) -> str:
-    """`export ...` for a shell that starts a CPU process (the trainer): ``eval $(python -m preprocess.job.allocator)``."""
+    """`export ...` lines for a shell that starts another CPU process (a CPU training run):
+    ``eval "$(python -m preprocess.job.allocator)"``."""
     return " ".join(f"export {k}={v};" for k, v in allocator_env(choice).items())
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m preprocess.job.allocator", description=shell_exports.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m preprocess.job.allocator",
+                                     description="Print the shell exports that set the workers' allocator.")
     parser.add_argument("--allocator", choices=CHOICES, help=f"default: ${ENV_VAR} or {DEFAULT}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
