@@ -18,9 +18,11 @@ import re
 import sys
 
 # `python preprocess/build_shards.py` puts preprocess/ first on sys.path; the project root must come first
-# so that `preprocess`, `shards` resolve as packages (also under `ray job submit --working-dir .`).
+# so that `preprocess`, `shards` resolve as packages (also under `ray job submit --working-dir .`). A copy
+# outside a checkout (`ray submit` runs ~/build_shards.py) uses the installed packages.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+if (sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))
+        and os.path.isfile(os.path.join(_ROOT, "preprocess", "__init__.py"))):
     sys.path[0] = _ROOT
 
 from preprocess.job.inputs import InputError  # noqa: E402

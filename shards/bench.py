@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import tempfile
 import time
 
@@ -26,6 +28,39 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+ALLOCATOR_ENV = ("LD_PRELOAD", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "MALLOC_CONF",
+                 "TCMALLOC_RELEASE_RATE")
+
+
+def allocator_in_use() -> dict[str, str]:
+    """The allocator settings this process started with (they only act at process start), for the JSON."""
+    return {name: os.environ[name] for name in ALLOCATOR_ENV if os.environ.get(name)} or {"allocator": "glibc default"}
+
+
+class Faults:
+    """Minor page faults and CPU seconds (user, system) of this process over a timed block.
+
+    A minor fault per freshly mapped page is what an allocator that hands big blocks back to the kernel
+    costs on every forward pass; per image, it shows whether the allocator setting took.
+    """
+
+    def __enter__(self) -> "Faults":
+        self._start = resource.getrusage(resource.RUSAGE_SELF)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        self.minor = end.ru_minflt - self._start.ru_minflt
+        self.system_seconds = end.ru_stime - self._start.ru_stime
+        self.user_seconds = end.ru_utime - self._start.ru_utime
+
+    def per_item(self, items: int) -> dict[str, float]:
+        """Per image; CPU seconds are less disturbed than wall time when other processes share the cores."""
+        return {"minor_faults_per_image": round(self.minor / items),
+                "user_seconds_per_image": round(self.user_seconds / items, 4),
+                "system_seconds_per_image": round(self.system_seconds / items, 4)}
 
 
 def measure(*, height: int, width: int, clip_dim: int, samples: int, previews: bool, repeats: int) -> dict:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from preprocess.densepose.tiny import BASE_YAML
-from shards.bench import cpu_model
+from shards.bench import Faults, allocator_in_use, cpu_model
 
 MODELS = {
     "r50": ("R_50_FPN_s1x", "MODEL:\n  RESNETS:\n    DEPTH: 50\n"),
@@ -82,15 +82,17 @@ def time_predictor(predictor, image: np.ndarray, *, batch: int, repeats: int, de
 
     results = predictor.predict(images, charts="person")  # warm-up (allocator, kernels)
     sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        predictor.predict(images, charts="person")
-    sync()
-    seconds = time.perf_counter() - start
+    with Faults() as faults:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            predictor.predict(images, charts="person")
+        sync()
+        seconds = time.perf_counter() - start
     return {
         "batch": batch,
         "images_per_s": round(batch * repeats / seconds, 4),
         "seconds_per_image": round(seconds / (batch * repeats), 4),
+        **faults.per_item(batch * repeats),
         "detections": int(results[0].count),
     }
 
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
                    else cpu_model()),
         "torch_threads": torch.get_num_threads(),
+        "allocator": allocator_in_use(),
         "cpu_count": os.cpu_count(),
         "image": f"{height}x{width} (skimage astronaut, bicubic squash)",
         "weights": "seeded random, biased to detect (preprocess.densepose.tiny.seeded_state)",

@@ -28,7 +28,7 @@ from preprocess.face.arcface import antelopev2_files
 from preprocess.face.crop import crop_square, expand_square, resize_square
 from preprocess.face.stage import FaceConfig, FaceStage
 from preprocess.face.tiny import GLINTR_FILE, GraphBuilder, serialize_model, write_tiny_antelopev2
-from shards.bench import cpu_model
+from shards.bench import Faults, allocator_in_use, cpu_model
 
 IRESNET100_LAYERS = (3, 13, 30, 3)
 IRESNET_WIDTHS = (64, 128, 256, 512)
@@ -82,20 +82,21 @@ def parameter_count(model_bytes: bytes) -> int:
 def _timed(run: Callable[[], Any], *, repeats: int, items: int) -> dict[str, float]:
     run()  # warm-up: session allocation and kernel selection are not steady-state cost
     seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
+    with Faults() as faults:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - start)
     mean = sum(seconds) / len(seconds)
     return {"items": items, "repeats": repeats, "seconds_mean": round(mean, 5), "seconds_best": round(min(seconds), 5),
-            "per_s": round(items / mean, 3)}
+            "per_s": round(items / mean, 3), **faults.per_item(items * repeats)}
 
 
 def _machine() -> dict[str, Any]:
     import onnxruntime
 
     cpu = cpu_model()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "opencv": cv2.__version__,
+    return {"cpu": cpu, "allocator": allocator_in_use(), "cpu_count": os.cpu_count(), "opencv": cv2.__version__,
             "opencv_threads": cv2.getNumThreads(), "onnxruntime": onnxruntime.__version__}
 
 

@@ -26,9 +26,12 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 
 def ray_runtime_env() -> dict[str, Any]:
-    """What workers need beyond the installed package: never touch a model hub; the fault-test hook; where
-    the object store is (its endpoint and region, never credentials: nodes bring their own)."""
-    env = dict(OFFLINE_ENV)
+    """What workers need beyond the installed package: never touch a model hub; the memory allocator
+    (it only acts from process start: preprocess/job/allocator.py); the fault-test hook; where the object store
+    is (its endpoint and region, never credentials: nodes bring their own)."""
+    from preprocess.job.allocator import allocator_env
+
+    env = {**OFFLINE_ENV, **allocator_env()}
     for name in (FAULT_ENV, "MCLD_DATA_CACHE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
                  "AWS_DEFAULT_REGION"):
         if os.environ.get(name):

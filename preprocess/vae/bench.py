@@ -24,7 +24,7 @@ from preprocess.clip.tiny import write_tiny_clip
 from preprocess.common.images import resize_to
 from preprocess.vae.stage import VaeConfig, VaeStage
 from preprocess.vae.tiny import write_tiny_vae
-from shards.bench import cpu_model
+from shards.bench import Faults, allocator_in_use, cpu_model
 
 
 def sd_vae_kwargs() -> dict[str, Any]:
@@ -88,10 +88,11 @@ def _photos(count: int, height: int, width: int) -> np.ndarray:
 def _time(run, images: np.ndarray, *, repeats: int) -> dict[str, float]:
     run(images)  # warm-up: first-call allocations and kernel selection are not steady-state cost
     seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(images)
-        seconds.append(time.perf_counter() - start)
+    with Faults() as faults:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(images)
+            seconds.append(time.perf_counter() - start)
     best, mean = min(seconds), sum(seconds) / len(seconds)
     return {
         "batch": len(images),
@@ -99,6 +100,7 @@ def _time(run, images: np.ndarray, *, repeats: int) -> dict[str, float]:
         "seconds_per_batch_mean": round(mean, 4),
         "seconds_per_batch_best": round(best, 4),
         "images_per_s": round(len(images) / mean, 4),
+        **faults.per_item(len(images) * repeats),
     }
 
 
@@ -108,6 +110,7 @@ def _machine() -> dict[str, Any]:
     cpu = cpu_model()
     return {
         "cpu": cpu,
+        "allocator": allocator_in_use(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

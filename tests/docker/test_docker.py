@@ -29,3 +29,23 @@ def test_image_installs_every_package_and_pins_torch():
     assert copied == {"preprocess", "shards", "train", "tools"}
     assert "torch==2.14.1 torchvision==0.29.1" in dockerfile
     assert "HF_HUB_OFFLINE=1" in dockerfile
+
+
+def test_local_cluster_config_passes_rays_own_schema():
+    """docker/ray-local.yaml as `ray up` reads it: Ray fills the single local node type in, then validates."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "docker" / "ray-local.yaml").read_text())
+    assert config["provider"]["type"] == "local"
+    assert {"head_ip", "worker_ips"} <= set(config["provider"])
+    prepared = prepare_config(config)
+    validate_config(prepared)
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    # the checkout and the auth token reach every node; the project is installed there with torch pinned
+    assert config["file_mounts"]["~/mcld-data"] == "."
+    assert "~/.ray/auth_token" in config["file_mounts"]
+    setup = "\n".join(config["setup_commands"])
+    assert "torch==2.14.1 torchvision==0.29.1" in setup and "pip install --quiet -e ~/mcld-data" in setup
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert "RAY_AUTH_MODE=token" in commands[-1]
+    assert "--dashboard-host=127.0.0.1" in config["head_start_ray_commands"][-1]

@@ -32,6 +32,9 @@ def test_bench_runs_and_prints_json(tiny, capsys):
         assert r["images_per_s"] * r["seconds_per_image"] == pytest.approx(1.0, rel=5e-2)
     assert all(r["images_per_s"] > 0 and r["dtype"] == "float32" and r["detections"] > 0 for r in report["results"])
     assert report["image"].startswith("220x150")
+    # the allocator this process started with, and what it cost: page faults and CPU seconds per image
+    assert report["allocator"] and all(r["minor_faults_per_image"] >= 0 and r["user_seconds_per_image"] > 0
+                                       for r in report["results"])
 
 
 @pytest.mark.slow
