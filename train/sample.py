@@ -51,6 +51,7 @@ from train.convert import ConvertError, LoadedWeights, load_weights  # noqa: E40
 from train.data import TrainBatch, collate  # noqa: E402
 from train.model import MCLD  # noqa: E402
 from train.objective import build_scheduler, latent_mean, pose_input  # noqa: E402
+from train.validation import ValidationError, load_vae_decoder, manifest_vae_folder  # noqa: E402
 
 LOG = logging.getLogger("train.sample")
 
@@ -281,9 +282,11 @@ class Sampler:
 
     def __init__(self, options: SampleOptions) -> None:
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
         self.options = options
-        self.state = PartialState()
+        # As Accelerator does: `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu` means CPU processes (gloo).
+        self.state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         self.device = self.state.device
         self.source = resolve(options.shards)
         manifest = self.source.manifest
@@ -316,8 +319,6 @@ class Sampler:
         self.settings = self._settings()
 
     def _vae(self) -> AutoencoderKL:
-        from train.validation import load_vae_decoder, manifest_vae_folder
-
         folder = Path(self.options.vae) if self.options.vae else manifest_vae_folder(self.manifest,
                                                                                        where=self.options.shards)
         return load_vae_decoder(folder, scaling_factor=float(self.manifest.vae_scaling_factor), device=self.device)
@@ -327,7 +328,7 @@ class Sampler:
         return {
             "weights": options.weights, "weights_sha256": self.loaded.fingerprint,
             "steps": options.steps, "guidance": options.guidance, "seed": options.seed,
-            "scheduler": options.scheduler, "scheduler_config": dict(self.scheduler.config),
+            "scheduler": options.scheduler, "scheduler_config": {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")},
             "dtype": str(self.dtype).removeprefix("torch."), "bank_precision": options.bank_precision,
             "face_missing": self.model.face_missing,
             "edits": {"face_from": options.face_from, "appearance_from": options.appearance_from},
@@ -475,16 +476,14 @@ INDEX_SCHEMA = pa.schema([("key", pa.string()), ("source_id", pa.string()), ("ta
                           ("source_path", pa.string()), ("target_path", pa.string()), ("seed", pa.int64()),
                           ("face_ok", pa.bool_())])
 
-USER_ERRORS = (SampleError, ConvertError, ConfigError, ShardError, ManifestError)
+USER_ERRORS = (SampleError, ConvertError, ConfigError, ShardError, ManifestError, ValidationError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.validation import ValidationError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = Sampler(parse_options(argv)).run()
-    except (*USER_ERRORS, ValidationError) as error:
+    except USER_ERRORS as error:
         print(f"train/sample.py: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary), flush=True)
