@@ -42,7 +42,6 @@ from train.config import (
 )
 from train.model import MCLD, build_mcld
 
-LOG = logging.getLogger("train.convert")
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "mcld.yaml"

@@ -72,6 +72,7 @@ def _pixels(gen: Path) -> dict[str, np.ndarray]:
     return {p.relative_to(gen).as_posix(): np.asarray(Image.open(p)).astype(np.int16) for p in sorted(gen.rglob("*.png"))}
 
 
+@pytest.mark.slow
 def test_images_do_not_depend_on_processes_or_batching_and_reruns_skip(trained, tmp_path, capsys):
     shards, checkpoint = trained
     common = ["--shards", str(shards), "--weights", str(checkpoint), "--steps", "2"]
