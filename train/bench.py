@@ -2,6 +2,7 @@
 
     python -m train.bench                      # CPU: online extraction vs. shard read, data-wait (tiny config)
     python -m train.bench --mode gpu           # GPU: steps/s at real size, with and without online extraction
+    python -m train.bench --mode sample        # sampler: pairs/s per device (20 DDIM steps + VAE decode)
 
 Online extraction is what the MCLD reference computes per sample while training: decode the target and
 source photos (JPEG) and the texture map (PNG), squash to H x W, the SD VAE encoder on two images (target
@@ -261,6 +262,53 @@ def measure_steps(*, arch: Arch, device: torch.device, batch_size: int, height: 
             "samples_per_s": round(steps * batch_size / elapsed, 3)}
 
 
+def measure_sampling(*, arch: Arch, device: torch.device, batch_size: int, height: int, width: int, steps: int,
+                     dtype: torch.dtype, repeats: int) -> dict:
+    """Pairs/s of the sampler's own code (train.sample.denoise + decode_images) on one device."""
+    from train.sample import REFERENCE_SCHEDULER, decode_images, denoise, pair_noise
+    from diffusers import DDIMScheduler
+
+    config = config_from_dict(_model_config(arch), where=f"bench-{arch.name}")
+    torch.manual_seed(0)
+    model = build_mcld(config.model, clip_dim=arch.clip_dim, face_dim=512, latent_channels=8, where="bench")
+    model = model.to(device, dtype=dtype).eval()
+    vae, _, _ = build_encoders(arch)
+    vae = vae.to(device).eval()
+    generator = torch.Generator().manual_seed(1)
+    h, w = height // 8, width // 8
+    batch = TrainBatch(
+        keys=[f"s{i}__t{i}" for i in range(batch_size)],
+        tgt_latent=torch.randn(batch_size, 8, h, w, generator=generator).half(),
+        ref_latent=torch.randn(batch_size, 8, h, w, generator=generator).half(),
+        src_clip=torch.randn(batch_size, arch.clip_dim, generator=generator).half(),
+        tex_clip=torch.randn(batch_size, arch.clip_dim, generator=generator).half(),
+        face_emb=torch.randn(batch_size, 512, generator=generator),
+        face_ok=torch.ones(batch_size, dtype=torch.bool),
+        tgt_pose=torch.randint(0, 25, (batch_size, 3, height, width), generator=generator, dtype=torch.uint8),
+    ).to(device)
+    scheduler = DDIMScheduler(**REFERENCE_SCHEDULER)
+
+    def once() -> None:
+        noise = pair_noise(42, batch.keys, (4, h, w))
+        latents = denoise(model, batch, noise=noise, scheduler=scheduler, steps=steps, guidance_scale=3.5,
+                          scaling_factor=0.18215)
+        decode_images(vae, latents.float(), scaling_factor=0.18215)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    once()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - started)
+    best = min(times)
+    return {"arch": arch.name, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "resolution": f"{height}x{width}", "batch_size": batch_size, "ddim_steps": steps,
+            "seconds_per_batch": round(best, 4), "pairs_per_s": round(batch_size / best, 4),
+            "threads": torch.get_num_threads()}
+
+
 def _resolution(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)x(\d+)", text)
     if match is None or int(match.group(1)) % 64 or int(match.group(2)) % 8:
@@ -270,19 +318,28 @@ def _resolution(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--mode", choices=("cpu", "gpu", "sample"), default="cpu")
     parser.add_argument("--arch", choices=sorted(ARCHS), default="real", help="encoder/model sizes (tiny: for tests)")
     parser.add_argument("--resolution", type=_resolution, default=(512, 512))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=200, help="samples per shard-read repeat")
     parser.add_argument("--steps", type=int, default=30, help="training steps for data-wait / GPU steps/s")
-    parser.add_argument("--batch-size", type=int, default=8, help="GPU mode: per-step batch")
+    parser.add_argument("--batch-size", type=int, default=8, help="GPU and sample modes: per-step batch")
+    parser.add_argument("--sample-steps", type=int, default=20, help="sample mode: DDIM steps")
     args = parser.parse_args(argv)
     arch = ARCHS[args.arch]
     height, width = args.resolution
     machine = {"platform": platform.platform(), "cpu": cpu_model(),
                "cpu_count": os.cpu_count(), "torch": torch.__version__}
-    if args.mode == "gpu":
+    if args.mode == "sample":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            machine["gpu"] = torch.cuda.get_device_name(device)
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        result = measure_sampling(arch=arch, device=device, batch_size=args.batch_size, height=height, width=width,
+                                  steps=args.sample_steps, dtype=dtype, repeats=args.repeats)
+        report = {"benchmark": "sample_pairs_per_s", "machine": machine, "result": result}
+    elif args.mode == "gpu":
         if not torch.cuda.is_available():
             print("python -m train.bench --mode gpu: no CUDA device here", file=sys.stderr)
             return 2

@@ -19,6 +19,7 @@ from shards.manifest import Manifest
 from shards.schema import SCHEMA_VERSION
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+FACE_MISSING = ("mask", "project_zeros")
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,9 @@ class ModelConfig:
     pose_guider_channels: tuple[int, ...] = (16, 32, 96, 256)
     face_projector: FaceProjectorConfig = field(default_factory=FaceProjectorConfig)
     face_scale: float = 0.5  # lambda of the face branch in MFCA; the switcher branch has lambda 1
+    # Samples without a face: "mask" drops the face branch; "project_zeros" feeds the zero ArcFace vector
+    # through the projector, as the reference trains and samples (what its released weights expect).
+    face_missing: str = "mask"
     gradient_checkpointing: bool = False
 
 
@@ -93,7 +97,10 @@ class NoiseConfig:
 class ConditioningConfig:
     cfg_drop_rate: float = 0.1  # steps trained unconditionally: null CLIP tokens, no ReferenceNet
     src_clip_drop_rate: float = 0.1  # the reference's extra drop of the source-image CLIP token
-    clip_noise_scale: float = 0.05  # CLIP-embedding noise: scale * N(0, manifest clip_std)
+    clip_noise_scale: float = 0.05  # CLIP-embedding noise: scale * N(0, clip_std)
+    # Where clip_std comes from: "manifest" (the std of the shards' own data) or a (D,) float32 .npy file
+    # (e.g. the reference's data/clip_std.npy).
+    clip_std: str = "manifest"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,6 +263,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(
             f"{where}: model.pose_guider_channels must have 4 entries (three stride-2 steps to latent size)"
         )
+    if model.face_missing not in FACE_MISSING:
+        raise ConfigError(f"{where}: model.face_missing must be one of {list(FACE_MISSING)}, got {model.face_missing!r}")
     if noise.prediction_type not in ("epsilon", "v_prediction"):
         raise ConfigError(f"{where}: noise.prediction_type must be epsilon or v_prediction, got {noise.prediction_type!r}")
     if noise.zero_terminal_snr and noise.prediction_type == "epsilon":
@@ -297,16 +306,19 @@ class ShardFacts:
     clip_null_embedding: tuple[float, ...]
     clip_std: tuple[float, ...]
     samples: int
+    face_mode: str  # how the shards' face embeddings were made: "paper" (SSD crop) or "reference"
 
 
 def check_manifest(config: TrainConfig, manifest: Manifest, *, where: str) -> ShardFacts:
     """Refuse shards the config cannot train on, naming the manifest field, its value and the config's."""
     expect = config.expect
+    face_mode = manifest_face_mode(manifest)
 
     def refuse(name: str, found: Any, wanted: Any) -> ConfigError:
         return ConfigError(
-            f"{where}: manifest {name} is {found!r} but the config ({config.source}) expects {wanted!r}; "
-            "use shards made for this config, or a config made for these shards"
+            f"{where}: manifest {name} is {found!r} but the config ({config.source}) expects {wanted!r} "
+            f"(shards made with face mode {face_mode!r}); use shards made for this config, or a config made "
+            "for these shards"
         )
 
     if manifest.schema_version != expect.schema_version:
@@ -340,7 +352,39 @@ def check_manifest(config: TrainConfig, manifest: Manifest, *, where: str) -> Sh
         clip_null_embedding=tuple(float(v) for v in manifest.clip_null_embedding),
         clip_std=tuple(float(v) for v in manifest.clip_std),
         samples=samples,
+        face_mode=face_mode,
     )
+
+
+def manifest_face_mode(manifest: Manifest) -> str:
+    """The face mode the shards were built with; shards older than the setting were made the paper's way."""
+    return str(manifest.settings.get("face_mode", "paper"))
+
+
+def load_clip_std(config: TrainConfig, *, manifest_std: tuple[float, ...]) -> tuple[float, ...]:
+    """conditioning.clip_std: the manifest's per-dimension std, or a (D,) float32 .npy checked against D."""
+    spec = config.conditioning.clip_std
+    if spec == "manifest":
+        return manifest_std
+    import numpy as np
+
+    path = Path(spec)
+    key = f"{config.source}: conditioning.clip_std"
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} does not exist (give 'manifest' or a .npy file)")
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{key}: {path} is not a readable .npy file: {error}") from error
+    if values.ndim != 1 or values.shape[0] != len(manifest_std):
+        raise ConfigError(
+            f"{key}: {path} holds shape {tuple(values.shape)}; the shards' CLIP width needs ({len(manifest_std)},)"
+        )
+    if values.dtype != np.float32:
+        raise ConfigError(f"{key}: {path} holds {values.dtype}, a float32 array is expected")
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ConfigError(f"{key}: {path} holds negative or non-finite values (a standard deviation is expected)")
+    return tuple(float(v) for v in values)
 
 
 def effective_learning_rate(solver: SolverConfig, *, batch_size: int, num_processes: int) -> float:

@@ -1,7 +1,7 @@
 """Train MCLD from shards alone (no VAE encoder, CLIP or face model runs here).
 
     accelerate launch train/run.py --shards OUT [--config train/configs/mcld.yaml|tiny] --output-dir RUN
-        [--max-steps N] [--resume [latest|PATH]] [--val-shards DIR]
+        [--max-steps N] [--resume [latest|PATH]] [--init-from CKPT_DIR|WEIGHTS] [--val-shards DIR]
 
 Also runs as ``python train/run.py ...`` (one process). Checkpoints go to RUN/checkpoint-STEP, per-step logs
 to RUN/logs.jsonl, validation grids to RUN/validation/step-STEP.png.
@@ -50,7 +50,15 @@ from train.checkpoints import (  # noqa: E402
     prune_checkpoints,
     resolve_resume,
 )
-from train.config import ConfigError, TrainConfig, check_manifest, effective_learning_rate, load_config  # noqa: E402
+from train.config import (  # noqa: E402
+    ConfigError,
+    TrainConfig,
+    check_manifest,
+    effective_learning_rate,
+    load_clip_std,
+    load_config,
+)
+from train.convert import ConvertError, init_state  # noqa: E402
 from train.data import DataError, TrainStream, batches_per_epoch, load_pairs, make_loader  # noqa: E402
 from train.model import build_mcld  # noqa: E402
 from train.model.pose_guider import PoseGuiderInitError  # noqa: E402
@@ -58,7 +66,8 @@ from train.objective import ClipStats, build_scheduler, training_step  # noqa: E
 from train.validation import ValidationError, load_vae_decoder, manifest_vae_folder, run_validation  # noqa: E402
 
 LOG_NAME = "logs.jsonl"
-USER_ERRORS = (ConfigError, DataError, ShardError, ManifestError, CheckpointError, ValidationError, PoseGuiderInitError)
+USER_ERRORS = (ConfigError, DataError, ShardError, ManifestError, CheckpointError, ValidationError, PoseGuiderInitError,
+               ConvertError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +77,7 @@ class RunOptions:
     output_dir: Path
     max_steps: int | None = None
     resume: str | None = None
+    init_from: str | None = None
     val_shards: str | None = None
 
 
@@ -79,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides solver.max_steps)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
                         help="latest (default when given bare) or a checkpoint-STEP folder")
+    parser.add_argument("--init-from", default=None,
+                        help="start from these weights (an MCLD checkpoint folder, a train.convert weights folder or a "
+                             "checkpoint-STEP): step 0, fresh optimizer")
     parser.add_argument("--val-shards", default=None, help="shards for the fixed validation pairs (default: --shards)")
     return parser
 
@@ -88,7 +101,7 @@ def parse_options(argv: list[str] | None) -> RunOptions:
     if args.max_steps is not None and args.max_steps <= 0:
         raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
     return RunOptions(shards=args.shards, config=args.config, output_dir=args.output_dir, max_steps=args.max_steps,
-                      resume=args.resume, val_shards=args.val_shards)
+                      resume=args.resume, init_from=args.init_from, val_shards=args.val_shards)
 
 
 def single_process_launch_warning(env: Mapping[str, str]) -> str | None:
@@ -124,6 +137,9 @@ class Trainer:
         if self.source.manifest is None:
             raise DataError(f"--shards {options.shards}: give an output folder with manifest.json, not bare shards")
         self.facts = check_manifest(config, self.source.manifest, where=options.shards)
+        self.clip_std = load_clip_std(config, manifest_std=self.facts.clip_std)
+        if options.init_from is not None and not Path(options.init_from).is_dir():
+            raise ConvertError(f"--init-from {options.init_from}: no such folder")
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.solver.gradient_accumulation_steps,
             mixed_precision=config.solver.mixed_precision,
@@ -141,6 +157,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         model = build_mcld(config.model, clip_dim=self.facts.clip_dim, face_dim=self.facts.face_dim,
                            latent_channels=self.facts.latent_channels, where=config.source)
+        if options.init_from is not None:
+            fingerprint = init_state(model, options.init_from)
+            acc.print(f"initial weights: {options.init_from} (sha256 {fingerprint[:12]})")
         set_seed(config.seed, device_specific=True)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         solver = config.solver
@@ -156,7 +175,7 @@ class Trainer:
         acc.register_for_checkpointing(self.lr_scheduler, self.state)
         self.noise_scheduler = build_scheduler(config.noise)
         self.stats = ClipStats(null=torch.tensor(self.facts.clip_null_embedding),
-                               std=torch.tensor(self.facts.clip_std)).to(self.device)
+                               std=torch.tensor(self.clip_std)).to(self.device)
         self.stream = TrainStream(
             source=self.source, rank=acc.process_index, world_size=acc.num_processes,
             num_workers=config.data.num_workers, batch_size=config.data.batch_size,
@@ -244,7 +263,7 @@ class Trainer:
             with acc.autocast():
                 path = run_validation(
                     acc.unwrap_model(self.model), pairs=self.val_pairs, vae=self.vae, scheduler=self.noise_scheduler,
-                    stats=self.stats, steps=validation.steps, guidance_scale=validation.guidance_scale,
+                    steps=validation.steps, guidance_scale=validation.guidance_scale,
                     scaling_factor=self.facts.vae_scaling_factor, seed=validation.seed, device=self.device,
                     out_path=self.run_dir / "validation" / f"step-{self.state.step:06d}.png",
                 )
@@ -255,6 +274,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         record = {"shards": self.options.shards, "config_source": self.config.source,
+                  "init_from": self.options.init_from,
                   "manifest": dataclasses.asdict(self.facts), "config": self.config.to_dict()}
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
 
@@ -272,7 +292,9 @@ class Trainer:
         acc.print(
             f"training {solver.max_steps} steps from step {self.state.step}: {acc.num_processes} process(es), "
             f"batch {config.data.batch_size} x {acc.num_processes} x {accumulation} = {global_batch}, "
-            f"lr {self.learning_rate:g}, {self.facts.samples} samples, {self.stream.batches_per_epoch} batches/epoch/rank"
+            f"lr {self.learning_rate:g}, {self.facts.samples} samples, {self.stream.batches_per_epoch} batches/epoch/rank; "
+            f"shards' face mode {self.facts.face_mode}, model.face_missing {config.model.face_missing}, "
+            f"clip_std from {config.conditioning.clip_std}"
         )
         log_path = self.run_dir / LOG_NAME
         progress = tqdm(total=solver.max_steps, initial=self.state.step, disable=not acc.is_local_main_process,

@@ -4,9 +4,8 @@ The grid has one row per pair: source texture map (its latent mean, decoded), ta
 PIL shows it, channels (V, U, I)), the generated image, and the target preview (the shard's ``tgt`` preview
 when it has one, else its latent mean, decoded).
 
-The unconditional half of CFG uses the manifest's null CLIP embedding (what training's dropout feeds), no
-ReferenceNet and no face tokens; the reference's sampler feeds zeros for the CLIP tokens instead, which
-its training never showed the model.
+Sampling is the sampler's (train/sample.py): the unconditional half formed as the reference's pipeline
+forms it (zero CLIP tokens, no face branch, no ReferenceNet features), the bank rounded to float16.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from PIL import Image
 from shards.manifest import Manifest
 from train.data import TrainBatch, collate
 from train.model import MCLD
-from train.objective import ClipStats, latent_mean, pose_input
+from train.objective import latent_mean
 from shards.storage import sha256_of
 
 
@@ -77,37 +76,16 @@ def decode(vae: AutoencoderKL, latents: torch.Tensor, *, scaling_factor: float) 
     return _to_uint8(vae.decode(latents / scaling_factor).sample)
 
 
-@torch.no_grad()
-def sample_images(model: MCLD, batch: TrainBatch, *, scheduler: DDIMScheduler, stats: ClipStats, steps: int,
-                  guidance_scale: float, scaling_factor: float, seed: int) -> torch.Tensor:
-    """DDIM with CFG; returns scaled latents (B, 4, h, w). One ReferenceNet pass serves every step."""
-    device = batch.tgt_latent.device
-    size = len(batch)
-    sampler = DDIMScheduler.from_config(scheduler.config)
-    sampler.set_timesteps(steps, device=device)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    shape = (size, batch.tgt_latent.shape[1] // 2, *batch.tgt_latent.shape[2:])
-    latents = torch.randn(shape, generator=generator).to(device) * sampler.init_noise_sigma
-    src, tex = batch.src_clip.float(), batch.tex_clip.float()
-    null = stats.null.to(device=device, dtype=src.dtype).expand_as(src)
-    ref = latent_mean(batch.ref_latent, scaling_factor=scaling_factor)
-    bank = model.reference_bank(ref, src[:, None, :])
-    bank = {name: torch.cat([features, features]) for name, features in bank.items()}
-    no = torch.zeros(size, dtype=torch.bool, device=device)
-    ref_keep = torch.cat([no, ~no])
-    face_ok = torch.cat([no, batch.face_ok])
-    pose = pose_input(batch.tgt_pose).repeat(2, 1, 1, 1)
-    face = batch.face_emb.float().repeat(2, 1)
-    for t in sampler.timesteps:
-        model_input = sampler.scale_model_input(torch.cat([latents, latents]), t)
-        prediction = model(
-            model_input, t.expand(2 * size), src_clip=torch.cat([null, src]), tex_clip=torch.cat([null, tex]),
-            face_emb=face, face_ok=face_ok, pose=pose, bank=bank, ref_keep=ref_keep,
-        )
-        uncond, cond = prediction.float().chunk(2)
-        guided = uncond + guidance_scale * (cond - uncond)
-        latents = sampler.step(guided, t, latents, generator=generator).prev_sample
-    return latents
+def sample_images(model: MCLD, batch: TrainBatch, *, scheduler: DDIMScheduler, steps: int, guidance_scale: float,
+                  scaling_factor: float, seed: int) -> torch.Tensor:
+    """The sampler's DDIM with CFG (train.sample.denoise) from one seeded generator for the batch; returns
+    scaled latents (B, 4, h, w)."""
+    from train.sample import denoise
+
+    shape = (len(batch), batch.tgt_latent.shape[1] // 2, *batch.tgt_latent.shape[2:])
+    noise = torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(seed))
+    return denoise(model, batch, noise=noise, scheduler=scheduler, steps=steps, guidance_scale=guidance_scale,
+                   scaling_factor=scaling_factor)
 
 
 def _pose_view(pose: torch.Tensor) -> np.ndarray:
@@ -132,14 +110,13 @@ def render_grid(*, pairs: list[dict], textures: np.ndarray, generated: np.ndarra
     return Image.fromarray(np.concatenate(rows, axis=0))
 
 
-def run_validation(model: MCLD, *, pairs: list[dict], vae: AutoencoderKL, scheduler: DDIMScheduler,
-                   stats: ClipStats, steps: int, guidance_scale: float, scaling_factor: float, seed: int,
+def run_validation(model: MCLD, *, pairs: list[dict], vae: AutoencoderKL, scheduler: DDIMScheduler, steps: int, guidance_scale: float, scaling_factor: float, seed: int,
                    device: torch.device, out_path: Path) -> Path:
     was_training = model.training
     model.eval()
     try:
         batch = collate(pairs).to(device)
-        latents = sample_images(model, batch, scheduler=scheduler, stats=stats.to(device), steps=steps,
+        latents = sample_images(model, batch, scheduler=scheduler, steps=steps,
                                 guidance_scale=guidance_scale, scaling_factor=scaling_factor, seed=seed)
         # The VAE decodes in float32 whatever the training precision (fp16 SD VAEs can overflow).
         with torch.autocast(device_type=device.type, enabled=False):

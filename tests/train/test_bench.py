@@ -49,3 +49,10 @@ def test_real_arch_is_sd15_with_the_reference_face_projector():
     assert unet.config.block_out_channels == (320, 640, 1280, 1280) and unet.config.cross_attention_dim == 768
     assert sum(p.numel() for p in unet.parameters()) == 859_520_964  # SD 1.5's UNet
     assert config.model.face_projector.hidden_dim == 1280 and config.model.face_projector.heads == 20
+
+
+def test_sample_mode_reports_pairs_per_second(capsys):
+    assert main(["--mode", "sample", "--arch", "tiny", "--resolution", "64x64", "--batch-size", "2",
+                 "--sample-steps", "2", "--repeats", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)["result"]
+    assert result["pairs_per_s"] > 0 and result["batch_size"] == 2 and result["ddim_steps"] == 2

@@ -11,7 +11,7 @@ from shards.manifest import read_manifest
 from shards.synthetic import write_synthetic_dataset
 from tests.train.conftest import GEOMETRY, add_vae_record, tiny_model, write_tiny_vae
 from train.data import collate, load_pairs
-from train.objective import ClipStats, build_scheduler
+from train.objective import build_scheduler
 from train.config import NoiseConfig
 from train.validation import (
     ValidationError,
@@ -21,7 +21,6 @@ from train.validation import (
     sample_images,
 )
 
-STATS = ClipStats(null=torch.zeros(GEOMETRY.clip_dim), std=torch.ones(GEOMETRY.clip_dim))
 
 
 def _pose_rgb(sample: dict) -> np.ndarray:
@@ -34,7 +33,7 @@ def test_grid_rows_hold_texture_pose_generated_and_target(tmp_path, previews):
     write_synthetic_dataset(str(out), geometry=GEOMETRY, samples=2, previews=previews, seed=4)
     pairs = load_pairs(str(out), count=2, geometry=GEOMETRY)
     vae = load_vae_decoder(write_tiny_vae(tmp_path / "vae"), scaling_factor=0.18215, device=torch.device("cpu"))
-    path = run_validation(tiny_model(), pairs=pairs, vae=vae, scheduler=build_scheduler(NoiseConfig()), stats=STATS,
+    path = run_validation(tiny_model(), pairs=pairs, vae=vae, scheduler=build_scheduler(NoiseConfig()),
                           steps=2, guidance_scale=3.5, scaling_factor=0.18215, seed=42, device=torch.device("cpu"),
                           out_path=tmp_path / "val" / "step-000002.png")
     grid = np.asarray(Image.open(path))
@@ -54,7 +53,7 @@ def test_sampling_is_seeded_and_guidance_changes_it(shards_dir):
     batch = collate(pairs)
     model = tiny_model().eval()
     torch.nn.init.normal_(model.pose_guider.conv_out.weight, std=0.05)
-    settings = dict(scheduler=build_scheduler(NoiseConfig()), stats=STATS, steps=3, scaling_factor=0.18215)
+    settings = dict(scheduler=build_scheduler(NoiseConfig()), steps=3, scaling_factor=0.18215)
     first = sample_images(model, batch, guidance_scale=3.5, seed=1, **settings)
     assert first.shape == (2, 4, 8, 8) and torch.isfinite(first).all()
     torch.testing.assert_close(first, sample_images(model, batch, guidance_scale=3.5, seed=1, **settings))

@@ -33,8 +33,10 @@ def reference_unused_prefixes(unet: UNet2DConditionModel) -> tuple[str, ...]:
 
 class MCLD(nn.Module):
     def __init__(self, *, denoising_unet: UNet2DConditionModel, reference_unet: UNet2DConditionModel,
-                 pose_guider: nn.Module, face_projector: nn.Module, face_scale: float) -> None:
+                 pose_guider: nn.Module, face_projector: nn.Module, face_scale: float,
+                 face_missing: str = "mask") -> None:
         super().__init__()
+        self.face_missing = face_missing
         self.denoising_unet = denoising_unet
         self.reference_unet = reference_unet
         self.pose_guider = pose_guider
@@ -77,19 +79,30 @@ class MCLD(nn.Module):
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, *, src_clip: torch.Tensor,
                 tex_clip: torch.Tensor, face_emb: torch.Tensor, face_ok: torch.Tensor, pose: torch.Tensor,
                 ref_latents: torch.Tensor | None = None, bank: dict[str, torch.Tensor] | None = None,
-                ref_keep: torch.Tensor | None = None) -> torch.Tensor:
+                ref_keep: torch.Tensor | None = None, face_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the diffusion target.
 
         src_clip, tex_clip: (B, D) CLIP embeddings; face_emb: (B, 512); face_ok: (B,) bool;
         pose: (B, 3, H, W) in [0, 1], channels (V, U, I). ref_latents (B, 4, h, w) scaled, or a precomputed
-        ``bank``; neither = no ReferenceNet (an unconditional step). ref_keep masks the bank per sample.
+        ``bank``; neither = no ReferenceNet (an unconditional step). ref_keep masks the bank per sample;
+        face_keep masks the face branch per sample on top of face_ok (the sampler's unconditional half).
+        Without a face (face_ok False), ``face_missing`` decides: "mask" drops the face branch,
+        "project_zeros" projects the zero ArcFace vector as the reference does.
         """
         src_tokens = src_clip[:, None, :]
         if bank is None and ref_latents is not None:
             bank = self.reference_bank(ref_latents, src_tokens)
+        face_ok = face_ok.to(device=face_emb.device, dtype=torch.bool)
+        if self.face_missing == "project_zeros":
+            face_emb = torch.where(face_ok[:, None], face_emb, torch.zeros_like(face_emb))
+            keep = torch.ones_like(face_ok)
+        else:
+            keep = face_ok
+        if face_keep is not None:
+            keep = keep & face_keep.to(device=keep.device, dtype=torch.bool)
         face_tokens = self.face_projector(face_emb[:, None, :].to(src_clip.dtype))
         states = torch.cat([src_tokens, tex_clip[:, None, :], face_tokens.to(src_clip.dtype)], dim=1)
-        context = AttentionContext(bank=bank, ref_keep=ref_keep, face_keep=face_ok)
+        context = AttentionContext(bank=bank, ref_keep=ref_keep, face_keep=keep)
         with self._pose(self.pose_guider(pose)):
             return self.denoising_unet(noisy_latents, timesteps, encoder_hidden_states=states,
                                        cross_attention_kwargs={"mcld": context}, return_dict=False)[0]
@@ -132,7 +145,7 @@ def build_mcld(config: ModelConfig, *, clip_dim: int, face_dim: int, latent_chan
         load_pose_guider_from_controlnet(pose_guider, config.pose_guider_init)
     face_projector = build_face_projector(config.face_projector, face_dim=face_dim, output_dim=clip_dim)
     model = MCLD(denoising_unet=denoising, reference_unet=reference, pose_guider=pose_guider,
-                 face_projector=face_projector, face_scale=config.face_scale)
+                 face_projector=face_projector, face_scale=config.face_scale, face_missing=config.face_missing)
     if config.gradient_checkpointing:
         denoising.enable_gradient_checkpointing()
         reference.enable_gradient_checkpointing()

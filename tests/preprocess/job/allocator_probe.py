@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     from preprocess.common import STATUS_OK, object_column
     from preprocess.demo import demo_photos
     from preprocess.job.chain import StageChain
-    from preprocess.job.plan import JobConfig, build_pipeline
+    from preprocess.job.config import JobConfig
+    from preprocess.job.layout import build_pipeline
 
     (out,) = argv if argv is not None else sys.argv[1:]
     photos = demo_photos()
