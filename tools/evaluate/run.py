@@ -302,13 +302,16 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     train_files = training_images(config.train_images) if config.train_images is not None else None
     if train_files is None:
         log.warning("no --train-images: FID (whose real side is the training images) is not computed")
+    # Every input problem that can be found without the models is reported before they load.
+    pairs_by_resolution = {
+        name: (gen_pairs(config.generated, config.images, RESOLUTIONS[name]) if gen_mode
+               else reference_pairs(config.generated, config.gt, RESOLUTIONS[name]))
+        for name in config.resolutions}
     with _no_tf32(config.device):
         models = Models.load(config.models, device=config.device)
         results = []
-        for name in config.resolutions:
+        for name, pairs in pairs_by_resolution.items():
             resolution = RESOLUTIONS[name]
-            pairs = (gen_pairs(config.generated, config.images, resolution) if gen_mode
-                     else reference_pairs(config.generated, config.gt, resolution))
             real = real_statistics(train_files, resolution, models, config) if train_files else None
             results.append(evaluate_resolution(pairs, resolution, models, config, real))
     metrics: dict = {
