@@ -111,7 +111,7 @@ def training_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise EvaluationInputError(f"{folder}: training-images folder not found")
     files = sorted(p for p in folder.iterdir() if p.is_file())
-    chosen = [p for p in files if p.name.endswith(".jpg")]
+    chosen = [p for p in files if p.name.endswith(".jpg") and not p.name.startswith(".")]  # glob skips dotfiles
     ignored = len(files) - len(chosen)
     if ignored:
         log.warning("%s: %d file(s) not named *.jpg ignored for FID, as the reference's glob ignores them",
