@@ -63,6 +63,12 @@ def _deepfashion(args: argparse.Namespace) -> int:
     return deepfashion_main(["--root", args.root, "--lists", args.lists, "--out", args.out_dir])
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from tools.evaluate.run import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcld-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     deepfashion.add_argument("--lists", required=True, help="folder with train.lst, test.lst, test.csv [, train.csv]")
     deepfashion.add_argument("--out", dest="out_dir", required=True, help="folder for the pairs CSVs and the report")
     deepfashion.set_defaults(run=_deepfashion)
+    from tools.evaluate.args import add_arguments
+
+    evaluate = commands.add_parser("evaluate", help="the paper's metrics (FID, LPIPS, SSIM, PSNR, face) as the "
+                                                    "reference computes them")
+    add_arguments(evaluate)
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

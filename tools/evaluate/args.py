@@ -1,0 +1,26 @@
+"""The `evaluate` command's arguments, kept free of heavy imports so `mcld-data --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("generated", type=Path, help="sampler output folder (GEN) or the reference layout's "
+                                                     "method folder (<res>/<name>.png)")
+    parser.add_argument("--images", type=Path, help="GEN: the root the index's target_path values are under")
+    parser.add_argument("--gt", type=Path, help="reference layout: the gt folder (<res>/<name>.png)")
+    parser.add_argument("--train-images", type=Path,
+                        help="FID real side: the folder of training *.jpg (the reference's <training_path>/train)")
+    parser.add_argument("--models", type=Path, required=True, help="eval_models.yaml (see tools/evaluate/models.py)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    parser.add_argument("--resolutions", default="256,512", help="comma-separated: 256 (256x176), 512 (512x352)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="FID real statistics cache "
+                                                                     "(default ~/.cache/mcld-data/fid)")
+    parser.add_argument("--worst", type=int, default=8, help="worst pairs per metric shown in the HTML report")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
