@@ -27,6 +27,15 @@ def add_verbosity(parser) -> None:
                         help="say what is happening (-v), and debug details (-vv); default: warnings only")
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr``, not the one at set-up: callers (tests, notebooks) swap it, and a
+    handler holding a closed stream would fail on every record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_console_logging(verbose: int = 0) -> None:
     """One stderr handler on the root logger, at WARNING, INFO (-v) or DEBUG (-vv); idempotent."""
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -36,7 +45,7 @@ def setup_console_logging(verbose: int = 0) -> None:
             handler.setLevel(level)
             break
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _ConsoleHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
         handler.setLevel(level)
         handler._mcld_console = True  # type: ignore[attr-defined]
