@@ -175,6 +175,10 @@ class Node:
         user_hash = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
         cluster_hash = hashlib.sha256(self.cluster_name.encode()).hexdigest()[:10]
         shutil.rmtree(f"/tmp/ray_ssh_{user_hash}/{cluster_hash}", ignore_errors=True)
+        try:
+            os.rmdir(f"/tmp/ray_ssh_{user_hash}")  # only if no other cluster of this user uses it
+        except OSError:
+            pass
         if self.created:
             subprocess.run(["userdel", "--remove", self.user], capture_output=True)
 
