@@ -265,7 +265,7 @@ def measure_steps(*, arch: Arch, device: torch.device, batch_size: int, height: 
 def measure_sampling(*, arch: Arch, device: torch.device, batch_size: int, height: int, width: int, steps: int,
                      dtype: torch.dtype, repeats: int) -> dict:
     """Pairs/s of the sampler's own code (train.sample.denoise + decode_images) on one device."""
-    from train.sample import REFERENCE_SCHEDULER, decode_images, denoise, pair_noise
+    from train.sampling import REFERENCE_SCHEDULER, decode_images, denoise, pair_noise
     from diffusers import DDIMScheduler
 
     config = config_from_dict(_model_config(arch), where=f"bench-{arch.name}")

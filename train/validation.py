@@ -80,7 +80,7 @@ def sample_images(model: MCLD, batch: TrainBatch, *, scheduler: DDIMScheduler, s
                   scaling_factor: float, seed: int) -> torch.Tensor:
     """The sampler's DDIM with CFG (train.sample.denoise) from one seeded generator for the batch; returns
     scaled latents (B, 4, h, w)."""
-    from train.sample import denoise
+    from train.sampling import denoise
 
     shape = (len(batch), batch.tgt_latent.shape[1] // 2, *batch.tgt_latent.shape[2:])
     noise = torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(seed))

@@ -20,7 +20,8 @@ from shards.reader import iter_samples
 from shards.synthetic import write_synthetic_dataset
 from tests.train.conftest import GEOMETRY, add_vae_record, write_config, write_tiny_vae
 from train.run import main as train_main
-from train.sample import EVAL_SIZES, main as sample_main, pair_noise
+from train.sample import main as sample_main
+from train.sampling import EVAL_SIZES, pair_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--steps", "2", "--batch-size", "3"]

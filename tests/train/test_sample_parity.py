@@ -17,7 +17,7 @@ from PIL import Image
 
 from train.convert import load_weights, main as convert_main
 from train.data import TrainBatch, pose_channels_first
-from train.sample import decode_images, denoise, make_scheduler, evaluation_resize, to_uint8
+from train.sampling import decode_images, denoise, evaluation_resize, make_scheduler, to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(os.environ.get("MCLD_INFER_FIXTURES", ROOT.parent / "shared" / "fixtures" / "mcld_infer"))

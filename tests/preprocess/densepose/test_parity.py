@@ -35,7 +35,11 @@ def test_dump_cli_reproduces_detectron2(case, fixtures_root, tmp_path):
         labels, expected = got[f"labels_{i}"], want[f"labels_{i}"]
         assert labels.dtype == np.uint8 and labels.shape == expected.shape, i
         agree = labels == expected
-        assert agree.mean() >= 0.995, f"detection {i}: labels agree on {agree.mean():.4f} of pixels"
+        # Float32 rounding differs between CPU kinds (the fixtures were made with AVX-512; an AVX2 machine runs
+        # other kernels) and flips a pixel at a part border now and then. 0.5% of a small detection is under one
+        # pixel (detection 60 of r101dl small_512x352 has 171), so one flipped pixel is always allowed.
+        allowed = max(1, int(0.005 * agree.size))
+        assert (~agree).sum() <= allowed, f"detection {i}: labels agree on {agree.mean():.4f} of {agree.size} pixels"
         uv, uv_expected = got[f"uv_{i}"], want[f"uv_{i}"]
         assert uv.shape == uv_expected.shape == (2, *labels.shape)
         assert np.abs(uv[:, agree] - uv_expected[:, agree]).max(initial=0) <= 1e-2, i

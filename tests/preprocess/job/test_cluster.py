@@ -79,12 +79,16 @@ def test_job_submitted_to_a_localhost_cluster(tmp_path, demo_inputs, model_cache
     )
     try:
         wait_for_dashboard(dashboard_port, head)
-        submit = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--working-dir", str(ROOT),
-             "--", "python", "preprocess/build_shards.py", "--images", str(images), "--pairs", str(pairs),
-             "--out", str(out), "--models", "tiny", "--no-progress", "--min-shards", "2"],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
-        )
+        command = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--working-dir",
+                   str(ROOT), "--", "python", "preprocess/build_shards.py", "--images", str(images), "--pairs",
+                   str(pairs), "--out", str(out), "--models", "tiny", "--no-progress", "--min-shards", "2"]
+        # The dashboard answers before the head's job agent has registered; Ray then refuses the submission
+        # ("No available agent to submit job") and nothing runs. Ask again a bounded number of times.
+        for _ in range(12):
+            submit = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(5)
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
         assert "succeeded" in submit.stdout + submit.stderr
     finally:

@@ -198,7 +198,7 @@ grep -qs RAY_TMPDIR "$HOME/.bashrc" || echo 'export RAY_TMPDIR=$HOME/t' >> "$HOM
 """
 
 
-def test_config(node: Node, *, token: Path, ports: dict[str, int]) -> dict:
+def launcher_config(node: Node, *, token: Path, ports: dict[str, int]) -> dict:
     """docker/ray-local.yaml with this machine's values filled in; only the two pip installs are swapped.
 
     Instead of `pip install` torch and the checkout into the node's venv (a multi-GB download per run),
@@ -267,7 +267,7 @@ def test_ray_up_submit_down_on_localhost(tmp_path, model_cache):
             ports = {"gcs": free_port(), "dashboard": free_port(), "client": free_port(),
                      "workers": 20000 + secrets.randbelow(20000)}
             config = base / "launcher" / "ray-local.yaml"
-            config.write_text(yaml.safe_dump(test_config(node, token=token, ports=ports)))
+            config.write_text(yaml.safe_dump(launcher_config(node, token=token, ports=ports)))
             out.mkdir()
             os.chown(out, pwd.getpwnam(node.user).pw_uid, -1)
             # the launcher's cluster state and config cache in this test's folder, not /tmp/ray
