@@ -257,18 +257,7 @@ def decode_sample(members: dict[str, Any], *, geometry: Geometry | None = None) 
 
     Raises SchemaError naming the key and the field on anything the schema does not allow.
     """
-    key = members.get("__key__")
-    sample: dict[str, Any] = {"__key__": key}
-    for member, data in members.items():
-        if member.startswith("__"):
-            continue
-        spec = FIELDS_BY_MEMBER.get(member)
-        if spec is None:
-            raise SchemaError(f"{key}: unknown member {member!r}; schema v{SCHEMA_VERSION} has {sorted(FIELDS_BY_MEMBER)}")
-        try:
-            sample[spec.name] = _decode(spec, data)
-        except (ValueError, UnicodeDecodeError, EOFError, OSError) as error:
-            raise SchemaError(f"{key}: field {spec.name} cannot be decoded: {error}") from error
+    sample = _decode_members(members, pixels=True)
     validate_sample(sample, geometry=geometry)
     return sample
 
@@ -292,10 +281,8 @@ def _header_array(spec: FieldSpec, data: bytes) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype), (height, width, *channels))
 
 
-def check_encoded(members: dict[str, Any], *, geometry: Geometry | None) -> str:
-    """The checks of :func:`decode_sample` for members made by :func:`encode_field`, without decoding pixels:
-    arrays and meta are decoded and checked in full, PNG/JPEG members by their headers (format, size,
-    channels). For writers that copy members the job's own encoder produced (the pair join); return the key."""
+def _decode_members(members: dict[str, Any], *, pixels: bool) -> dict[str, Any]:
+    """Every member decoded by its field's spec; image members by their header alone unless ``pixels``."""
     key = members.get("__key__")
     sample: dict[str, Any] = {"__key__": key}
     for member, data in members.items():
@@ -305,7 +292,16 @@ def check_encoded(members: dict[str, Any], *, geometry: Geometry | None) -> str:
         if spec is None:
             raise SchemaError(f"{key}: unknown member {member!r}; schema v{SCHEMA_VERSION} has {sorted(FIELDS_BY_MEMBER)}")
         try:
-            sample[spec.name] = _header_array(spec, data) if spec.encoding in _IMAGE_FORMATS else _decode(spec, data)
+            header_only = not pixels and spec.encoding in _IMAGE_FORMATS
+            sample[spec.name] = _header_array(spec, data) if header_only else _decode(spec, data)
         except (ValueError, UnicodeDecodeError, EOFError, OSError) as error:
             raise SchemaError(f"{key}: field {spec.name} cannot be decoded: {error}") from error
+    return sample
+
+
+def check_encoded(members: dict[str, Any], *, geometry: Geometry | None) -> str:
+    """The checks of :func:`decode_sample` for members made by :func:`encode_field`, without decoding pixels:
+    arrays and meta are decoded and checked in full, PNG/JPEG members by their headers (format, size,
+    channels). For writers that copy members the job's own encoder produced (the pair join); return the key."""
+    sample = _decode_members(members, pixels=False)
     return validate_sample(sample, geometry=geometry)

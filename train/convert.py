@@ -38,6 +38,7 @@ from train.config import (
     NoiseConfig,
     TrainConfig,
     _build,
+    _plain,
     config_from_dict,
 )
 from train.model import MCLD, build_mcld
@@ -98,14 +99,6 @@ class LoadedWeights:
     spec: WeightsSpec
     fingerprint: str  # sha256 over the weight files read
     where: str
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def file_sha256(*paths: Path) -> str:
