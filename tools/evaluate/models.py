@@ -10,7 +10,6 @@ The YAML (paths relative to the file's folder)::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +77,6 @@ def read_models_file(path: str | Path) -> EvalModelPaths:
             raise ModelFileError(f"{path}: no 'lpips' given and the lpips package has no {lpips_path}")
     return EvalModelPaths(inception=resolve("inception", required=True), alexnet=resolve("alexnet", required=True),
                           lpips=lpips_path, face=resolve("face", required=False, folder=True))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:

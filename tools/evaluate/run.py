@@ -28,11 +28,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from shards.storage import sha256_of
 from tools.evaluate.inputs import (RESOLUTIONS, EvaluationInputError, Pair, Resolution, gen_pairs, is_gen_folder,
                                    read_rgb, reference_pairs, training_images)
 from tools.evaluate.metrics import (FaceScorer, FeatureStats, frechet_distance, inception_features,
                                     lpips_distance, pixel_scores)
-from tools.evaluate.models import (EvalModelPaths, ModelFileError, file_sha256, load_face_analysis,
+from tools.evaluate.models import (EvalModelPaths, ModelFileError, load_face_analysis,
                                    load_inception_blocks, load_lpips, read_models_file)
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Models:
         face = FaceScorer(load_face_analysis(paths.face, device=device)) if paths.face is not None else None
         return cls(paths=paths, inception=load_inception_blocks(paths.inception).to(device),
                    lpips=load_lpips(paths.alexnet, paths.lpips).to(device), face=face,
-                   inception_sha256=file_sha256(paths.inception))
+                   inception_sha256=sha256_of(paths.inception)[0])
 
 
 # ---------------------------------------------------------------- data loading (streamed, errors as values)
@@ -159,7 +160,7 @@ def real_statistics(files: list[Path], resolution: Resolution, models: Models, c
     digest = hashlib.sha256(f"{FID_CACHE_VERSION}|{resolution.height}x{resolution.width}|"
                             f"{models.inception_sha256}|".encode())
     for path in files:
-        digest.update(f"{path.name}|{file_sha256(path)}|".encode())
+        digest.update(f"{path.name}|{sha256_of(path)[0]}|".encode())
     cache_file = config.cache_dir / f"{digest.hexdigest()}.npz"
     if cache_file.is_file():
         with np.load(cache_file) as cached:
