@@ -64,6 +64,12 @@ def test_job_submitted_to_a_localhost_cluster(tmp_path, demo_inputs, model_cache
     # Ray's temp dir must sit outside the uploaded working dir, and its socket paths must stay short.
     temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
     gcs_port, dashboard_port = free_port(), free_port()
+    # Every port the head's agents open is a free one: a local Ray instance of this session (other tests)
+    # holds the defaults (the dashboard agent's 52365), and an agent that cannot bind never registers, so the
+    # job server answers "No available agent" for good.
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+                   f"--ray-client-server-port={free_port()}"]
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -74,7 +80,7 @@ def test_job_submitted_to_a_localhost_cluster(tmp_path, demo_inputs, model_cache
     head = subprocess.Popen(
         [ray, "start", "--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard_port}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true",
-         "--block"],
+         *agent_ports, "--block"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
