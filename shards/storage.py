@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import fsspec
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # Stores whose upload publishes an object whole or not at all (a single PUT, or a multipart upload that
@@ -301,3 +306,41 @@ def sha256_of(location: str | os.PathLike, *, chunk: int = 1 << 20) -> tuple[str
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+# Errors that say the path or the rights are wrong: trying again gives the same answer.
+PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+# botocore's and aiohttp's network errors are not OSErrors; known by class name, so s3fs stays optional.
+TRANSIENT_ERROR_NAMES = frozenset({
+    "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+    "HTTPClientError", "ClientConnectorError", "ClientOSError", "ServerDisconnectedError", "IncompleteRead",
+})
+
+
+def is_transient(error: BaseException) -> bool:
+    """A store that stopped answering (refused, reset, timed out) rather than a wrong path or right."""
+    if isinstance(error, PERMANENT_ERRORS):
+        return False
+    if isinstance(error, OSError):  # ConnectionError, TimeoutError, and the OSErrors s3fs translates to
+        return True
+    return any(cls.__name__ in TRANSIENT_ERROR_NAMES for cls in type(error).__mro__)
+
+
+def retry_transient(action: Callable[[], T], *, what: str, attempts: int = 6, first_wait: float = 2.0,
+                    max_wait: float = 30.0) -> T:
+    """Run ``action`` (a whole, atomic unit: one shard, one feature file) again when the store fails it
+    transiently, waiting 2, 4, 8, 16, 30 s between attempts (about a minute of outage in all); a permanent
+    error, or the last attempt's, is raised. Each retry is a warning naming ``what`` and the cause.
+    """
+    wait = first_wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - classified below; anything not transient is re-raised
+            if attempt == attempts or not is_transient(error):
+                raise
+            logger.warning("%s: the store failed (%s: %s); writing it again in %.0f s (attempt %d of %d)",
+                           what, type(error).__name__, _one_line(error), wait, attempt + 1, attempts)
+            time.sleep(wait)
+            wait = min(wait * 2, max_wait)
+    raise AssertionError("unreachable")

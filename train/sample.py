@@ -2,11 +2,13 @@
 
     accelerate launch train/sample.py --shards TEST_OUT --weights WEIGHTS|CKPT_DIR|RUN/checkpoint-STEP --output-dir GEN
         [--steps 20] [--guidance 3.5] [--seed 42] [--scheduler reference|training] [--batch-size N]
-        [--face-from SPEC] [--appearance-from SPEC] [--overwrite]
+        [--batch-invariant auto|on|off] [--face-from SPEC] [--appearance-from SPEC] [--overwrite]
 
 Also runs as ``python train/sample.py ...`` (one process). A pair's image depends only on the weights, the
 pair and the seed: its initial noise is drawn from a generator seeded with (seed, pair key), never from a
-run-wide generator (the reference's test.py draws from one, so its images depend on batch position).
+run-wide generator (the reference's test.py draws from one, so its images depend on batch position), and
+with --batch-invariant (the CPU's default) the networks see one pair at a time, so not even float rounding
+depends on the batch size.
 Each process samples its own shards; a rerun skips the pairs whose images all exist.
 
 GEN/{H}x{W}/{key}.png at the shards' resolution and at the reference's evaluation sizes (256x176 and
@@ -126,6 +128,7 @@ class SampleOptions:
     seed: int = 42
     scheduler: str = "reference"
     batch_size: int = 8
+    batch_invariant: str = "auto"  # on | off | auto (on for CPU, off for GPU)
     dtype: str = "auto"
     bank_precision: str = "fp16"
     face_missing: str | None = None
@@ -148,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--scheduler", choices=("reference", "training"), default="reference")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (noise is per pair; another batch size changes only float rounding)")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs read and written together")
+    parser.add_argument("--batch-invariant", choices=("auto", "on", "off"), default="auto",
+                        help="on: the networks see one pair at a time, so a pair's PNG is the same bytes for every "
+                             "--batch-size; off: whole batches (faster on a GPU; another batch size can move a pixel "
+                             "by one level); auto: on for CPU, off for GPU")
     parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                         help="model precision; auto: fp16 on GPU, fp32 on CPU")
     parser.add_argument("--bank-precision", choices=("fp16", "fp32"), default="fp16",
@@ -230,6 +237,8 @@ class Sampler:
         self.appearance = find_donor(options.appearance_from, default_shards=options.shards, geometry=geometry) \
             if options.appearance_from else None
         self.sizes = [(manifest.height, manifest.width)] + [s for s in EVAL_SIZES if s != (manifest.height, manifest.width)]
+        invariant = options.batch_invariant
+        self.batch_invariant = invariant == "on" or (invariant == "auto" and self.device.type != "cuda")
         self.settings = self._settings()
 
     def _vae(self) -> AutoencoderKL:
@@ -251,6 +260,7 @@ class Sampler:
             "resolution": [self.manifest.height, self.manifest.width],
             "sizes": [list(s) for s in self.sizes],
             "noise": "per pair: torch.Generator('cpu') seeded with sha256(seed, key)",
+            "batch_invariant": self.batch_invariant,
         }
 
     def _prepare_output(self) -> None:
@@ -334,7 +344,8 @@ class Sampler:
         scale = float(self.manifest.vae_scaling_factor)
         return to_uint8(decode_images(self.vae, latent_mean(latent, scaling_factor=scale), scaling_factor=scale))[0]
 
-    def _sample_batch(self, samples: list[dict]) -> None:
+    def _generate(self, samples: list[dict]) -> tuple[list[str], torch.Tensor]:
+        """Keys and decoded images in [-1, 1] of one network batch."""
         edited = [apply_edits(s, face=self.face, appearance=self.appearance) for s in samples]
         batch = collate(edited).to(self.device)
         scale = float(self.manifest.vae_scaling_factor)
@@ -343,10 +354,18 @@ class Sampler:
         latents = denoise(self.model, batch, noise=noise, scheduler=self.scheduler, steps=self.options.steps,
                           guidance_scale=self.options.guidance, scaling_factor=scale,
                           bank_fp16=self.options.bank_precision == "fp16")
-        images = decode_images(self.vae, latents.float(), scaling_factor=scale)
+        return batch.keys, decode_images(self.vae, latents.float(), scaling_factor=scale)
+
+    def _sample_batch(self, samples: list[dict]) -> None:
+        # CPU and GPU kernels pick their algorithm (and so their float rounding) by batch shape: one pair per
+        # network call is what makes a pair's bytes independent of --batch-size and of its batch's fill.
+        groups = [[s] for s in samples] if self.batch_invariant else [samples]
+        generated = [self._generate(group) for group in groups]
+        keys = [key for group_keys, _ in generated for key in group_keys]
+        images = torch.cat([group_images for _, group_images in generated])
         own = to_uint8(images)
         out = self.options.output_dir
-        for index, key in enumerate(batch.keys):
+        for index, key in enumerate(keys):
             for height, width in self.sizes:
                 pixels = own[index] if (height, width) == tuple(own.shape[1:3]) else \
                     evaluation_resize(images[index:index + 1], (height, width))[0]

@@ -245,7 +245,8 @@ class FeatureWriterStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         table = batch_to_table(batch, previews=self.config.previews)
-        name = write_feature_file(self.config.directory, table)
+        name = storage.retry_transient(lambda: write_feature_file(self.config.directory, table),
+                                       what=f"a feature file in {self.config.directory}")
         out = {k: np.asarray(batch[k], dtype=object) for k in self.KEEP}
         out.update({k: v for k, v in batch.items() if k.startswith("seconds_")})
         out["feature_file"] = np.full(batch_len(batch), name, dtype=object)

@@ -125,12 +125,17 @@ def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
 
 
 def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, FeatureRow], geometry) -> list:
-    """One Ray task per shard; a task that dies is retried, and rewrites its shard whole."""
+    """One Ray task per shard; a task whose worker dies is retried by Ray, one whose store stops answering
+    is retried in place (storage.retry_transient); either way the shard is rewritten whole."""
     import ray
 
     @ray.remote(num_cpus=1, max_retries=3)
     def task(plan: ShardPlan, rows: dict[str, FeatureRow]):
-        return write_shard(out_dir=config.out, plan=plan, geometry=geometry, features=rows, previews=config.previews)
+        return storage.retry_transient(
+            lambda: write_shard(out_dir=config.out, plan=plan, geometry=geometry, features=rows,
+                                previews=config.previews),
+            what=f"shard {storage.join(config.out, plan.name)}",
+        )
 
     futures = []
     for plan in plans:

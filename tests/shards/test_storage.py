@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import socket
+import struct
+import threading
+
+import numpy as np
 import pytest
 
 from shards import storage
@@ -106,3 +114,135 @@ def test_preflight_leaves_local_paths_alone(tmp_path):
     storage.preflight(tmp_path / "not-yet", what="--out", write=True)
     assert not (tmp_path / "not-yet").exists()
 
+
+
+class CuttableLink:
+    """A real TCP path to the store on 127.0.0.1 that can be cut (listener gone, live connections reset:
+    what a client sees when the network or the store goes away) and restored on the same port."""
+
+    def __init__(self, upstream_port: int) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.upstream_port = upstream_port
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                return
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(64)
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = self._connections, set()
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
+            listener.close()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+                connection.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                return
+            with self._lock:
+                self._connections.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_write_that_loses_the_store_midway_is_written_again_whole(s3_server, monkeypatch, caplog):
+    """The network to the store is cut halfway through a shard's upload: the write fails, is retried after a
+    wait (the link comes back when the retry is announced), and the object is the whole payload."""
+    import s3fs
+
+    bucket = s3_server.new_bucket()
+    link = CuttableLink(int(s3_server.endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{link.port}")
+    s3fs.S3FileSystem.clear_instance_cache()  # a client for the new endpoint
+    target = f"s3://{bucket}/out/train-000000.tar"
+    payload = np.random.default_rng(0).integers(0, 256, 12 << 20, dtype=np.uint8).tobytes()
+    attempts: list[int] = []
+
+    def write_shard() -> str:
+        attempts.append(len(attempts) + 1)
+        with storage.atomic_write(target) as writer:
+            writer.write(payload[: len(payload) // 2])
+            if len(attempts) == 1:
+                link.cut()
+            writer.write(payload[len(payload) // 2:])
+        return writer.sha256
+
+    class RestoreWhenRetried(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "writing it again" in record.getMessage():
+                link.restore()
+
+    handler = RestoreWhenRetried()
+    logging.getLogger("shards.storage").addHandler(handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="shards.storage"):
+            digest = storage.retry_transient(write_shard, what=target, first_wait=0.2)
+    finally:
+        logging.getLogger("shards.storage").removeHandler(handler)
+        link.cut()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert attempts == [1, 2]
+    assert digest == hashlib.sha256(payload).hexdigest()
+    (warning,) = [r.getMessage() for r in caplog.records if "writing it again" in r.getMessage()]
+    assert target in warning and "attempt 2 of 6" in warning
+    assert s3_server.keys(bucket) == ["out/train-000000.tar"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    assert storage.sha256_of(target) == (digest, len(payload))
+
+
+def test_only_a_store_that_stops_answering_is_retried():
+    assert storage.is_transient(ConnectionRefusedError(111, "refused")) and storage.is_transient(TimeoutError())
+    assert not storage.is_transient(FileNotFoundError("s3://b/none")) and not storage.is_transient(PermissionError())
+    assert not storage.is_transient(ValueError("a bug"))
+    calls: list[int] = []
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError("s3://bucket/features/part-1.parquet")
+
+    with pytest.raises(FileNotFoundError):
+        storage.retry_transient(missing, what="x", first_wait=0)
+    assert calls == [1]  # a permanent error is raised at once, not retried
+
+    def always_down() -> None:
+        calls.append(1)
+        raise ConnectionResetError(104, "reset")
+
+    calls.clear()
+    with pytest.raises(ConnectionResetError):
+        storage.retry_transient(always_down, what="x", attempts=3, first_wait=0)
+    assert calls == [1, 1, 1]
