@@ -56,10 +56,11 @@ def test_resume_continues_exactly_where_the_run_stopped(shards_dir, tmp_path, ca
     assert console.out.splitlines() == [f"train/run.py: finished at step 6 (1 process(es)); checkpoints and "
                                         f"train.log in {tmp_path / 'split'}"]
     assert "resumed from" not in console.err
-    said = run_log(tmp_path / "split")
-    for line in (f"checkpoint: {tmp_path / 'split' / 'checkpoint-2'}", f"checkpoint: {tmp_path / 'split' / 'checkpoint-3'}",
-                 f"resumed from {tmp_path / 'split' / 'checkpoint-3'} at step 3",
-                 "training 6 steps from step 3: 1 process(es)", f"checkpoint: {tmp_path / 'split' / 'checkpoint-6'}",
+    split = tmp_path / "split"
+    said = run_log(split)
+    for line in (f"checkpoint: {split / 'checkpoint-2'}", f"checkpoint: {split / 'checkpoint-3'}",
+                 f"resumed from {split / 'checkpoint-3'} at step 3",
+                 "training 6 steps from step 3: 1 process(es)", f"checkpoint: {split / 'checkpoint-6'}",
                  "finished at step 6; micro-batches per rank: [rank 0] 6"):
         assert f"INFO train.run: {line}" in said, line
     assert said.index("checkpoint-3 at step 3") < said.index("checkpoint-6")
