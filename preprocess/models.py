@@ -16,9 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from shards.storage import sha256_of
+from shards.yamlfile import check_keys, load_mapping
 
 TINY_SEED = 0
 logger = logging.getLogger(__name__)
@@ -58,17 +57,10 @@ OPTIONAL_SECTIONS = ("texture",)
 def read_models_file(path: str | os.PathLike) -> ModelPaths:
     """Parse a models YAML (docs/models.example.yaml); relative paths are relative to the file's folder."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise ModelsError(f"--models {path}: no such file (or use --models tiny)") from error
-    except yaml.YAMLError as error:
-        raise ModelsError(f"--models {path}: not valid YAML: {error}") from error
-    if not isinstance(data, dict):
-        raise ModelsError(f"--models {path}: expected a mapping with keys {sorted(MODELS_FILE_KEYS)}")
-    unknown = sorted(set(data) - set(MODELS_FILE_KEYS))
-    if unknown:
-        raise ModelsError(f"--models {path}: unknown key(s) {unknown}; known: {sorted(MODELS_FILE_KEYS)}")
+    where = f"--models {path}"
+    data = load_mapping(path, label=where, what="models file", hint=" (or use --models tiny)", allow_empty=False,
+                        error=ModelsError)
+    check_keys(data, MODELS_FILE_KEYS, where=where, error=ModelsError)
     tiny = data.get("tiny", False)
     if not isinstance(tiny, bool):
         raise ModelsError(f"--models {path}: tiny must be true or false, got {tiny!r}")
@@ -94,9 +86,7 @@ def read_models_file(path: str | os.PathLike) -> ModelPaths:
             return {}
         if not isinstance(value, dict):
             raise ModelsError(f"--models {path}: {name} must be a mapping with keys {sorted(MODELS_FILE_KEYS[name])}")
-        extra = sorted(set(value) - MODELS_FILE_KEYS[name])
-        if extra:
-            raise ModelsError(f"--models {path}: unknown key(s) {extra} under {name}")
+        check_keys(value, MODELS_FILE_KEYS[name], where=where, section=name, error=ModelsError)
         return value
 
     if tiny:

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from shards.manifest import Manifest
 from shards.schema import SCHEMA_VERSION
+from shards.yamlfile import check_keys, load_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FACE_MISSING = ("mask", "project_zeros")
@@ -214,9 +213,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    check_keys(data, names, where=where, error=ConfigError)
     values = {name: _convert(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     return cls(**values)
 
@@ -246,11 +243,8 @@ def config_from_dict(data: dict[str, Any], *, where: str) -> TrainConfig:
 
 def load_config(spec: str) -> TrainConfig:
     path = resolve_config_path(spec)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    return config_from_dict(data or {}, where=str(path))
+    data = load_mapping(path, what="config file", error=ConfigError)
+    return config_from_dict(data, where=str(path))
 
 
 def validate_config(config: TrainConfig) -> None:

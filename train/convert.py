@@ -31,6 +31,7 @@ from diffusers import UNet2DConditionModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from shards.yamlfile import load_mapping
 from train.config import (
     ConfigError,
     FaceProjectorConfig,
@@ -315,7 +316,7 @@ def _checkpoint_spec(checkpoint: Path) -> WeightsSpec:
     run_config = checkpoint.parent / "config.yaml"
     if not run_config.is_file():
         raise ConvertError(f"{checkpoint}: no {run_config.name} in its run folder {checkpoint.parent}")
-    record = yaml.safe_load(run_config.read_text(encoding="utf-8"))
+    record = load_mapping(run_config, what="run config", error=ConvertError)
     try:
         config: TrainConfig = config_from_dict(record["config"], where=str(run_config))
         facts = record["manifest"]
@@ -327,8 +328,8 @@ def _checkpoint_spec(checkpoint: Path) -> WeightsSpec:
 
 def _folder_spec(folder: Path) -> WeightsSpec:
     path = folder / SPEC_NAME
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    data = load_mapping(path, what="weights spec", error=ConvertError)
+    if data.get("format") != FORMAT:
         raise ConvertError(f"{path}: not a {FORMAT} spec")
     try:
         model = _build(ModelConfig, data["model"], f"{path}: model")

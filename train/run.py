@@ -4,14 +4,17 @@
         [--max-steps N] [--resume [latest|PATH]] [--init-from CKPT_DIR|WEIGHTS] [--val-shards DIR]
 
 Also runs as ``python train/run.py ...`` (one process). Checkpoints go to RUN/checkpoint-STEP, per-step logs
-to RUN/logs.jsonl, validation grids to RUN/validation/step-STEP.png.
+to RUN/logs.jsonl, validation grids to RUN/validation/step-STEP.png, what the run said (resume, checkpoint
+paths, warnings) to RUN/train.log; the console shows warnings only unless -v.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -34,11 +37,13 @@ from accelerate.utils import (  # noqa: E402
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
     broadcast_object_list,
+    gather_object,
     set_seed,
 )
 from diffusers.optimization import get_scheduler  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from shards.cli import RunLog, add_verbosity, setup_console_logging  # noqa: E402
 from shards.manifest import ManifestError  # noqa: E402
 from shards.reader import ShardError, resolve  # noqa: E402
 from train.checkpoints import (  # noqa: E402
@@ -66,6 +71,9 @@ from train.objective import ClipStats, build_scheduler, training_step  # noqa: E
 from train.validation import ValidationError, load_vae_decoder, manifest_vae_folder, run_validation  # noqa: E402
 
 LOG_NAME = "logs.jsonl"
+RUN_LOG_NAME = "train.log"
+LOGGERS = ("train", "shards")  # what the run log records
+log = logging.getLogger("train.run")  # not __name__: that is "__main__" under `python train/run.py`
 USER_ERRORS = (ConfigError, DataError, ShardError, ManifestError, CheckpointError, ValidationError, PoseGuiderInitError,
                ConvertError)
 
@@ -79,6 +87,7 @@ class RunOptions:
     resume: str | None = None
     init_from: str | None = None
     val_shards: str | None = None
+    verbose: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from these weights (an MCLD checkpoint folder, a train.convert weights folder or a "
                              "checkpoint-STEP): step 0, fresh optimizer")
     parser.add_argument("--val-shards", default=None, help="shards for the fixed validation pairs (default: --shards)")
+    add_verbosity(parser)
     return parser
 
 
@@ -101,7 +111,7 @@ def parse_options(argv: list[str] | None) -> RunOptions:
     if args.max_steps is not None and args.max_steps <= 0:
         raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
     return RunOptions(shards=args.shards, config=args.config, output_dir=args.output_dir, max_steps=args.max_steps,
-                      resume=args.resume, init_from=args.init_from, val_shards=args.val_shards)
+                      resume=args.resume, init_from=args.init_from, val_shards=args.val_shards, verbose=args.verbose)
 
 
 def single_process_launch_warning(env: Mapping[str, str]) -> str | None:
@@ -124,9 +134,13 @@ def _append_log(path: Path, record: dict) -> None:
 
 
 class Trainer:
-    """One training run; every process builds its own (no data or state passes through rank 0)."""
+    """One training run; every process builds its own (no data or state passes through rank 0).
 
-    def __init__(self, options: RunOptions) -> None:
+    What it opens for the run (the log file, the quiet console of the other ranks) is undone by ``cleanup``,
+    the caller's stack, also when building the trainer fails half-way.
+    """
+
+    def __init__(self, options: RunOptions, *, cleanup: contextlib.ExitStack) -> None:
         config = load_config(options.config)
         if options.max_steps is not None:
             config = dataclasses.replace(config, solver=dataclasses.replace(config.solver, max_steps=options.max_steps))
@@ -150,16 +164,17 @@ class Trainer:
         )
         acc = self.accelerator
         self.device = acc.device
+        self._open_logs(cleanup)
         warning = single_process_launch_warning(os.environ)
         if warning and acc.num_processes == 1:
-            acc.print(f"warning: {warning}")
+            log.warning(warning)
         # Same initial weights on every rank; per-rank randomness for the training draws afterwards.
         torch.manual_seed(config.seed)
         model = build_mcld(config.model, clip_dim=self.facts.clip_dim, face_dim=self.facts.face_dim,
                            latent_channels=self.facts.latent_channels, where=config.source)
         if options.init_from is not None:
             fingerprint = init_state(model, options.init_from)
-            acc.print(f"initial weights: {options.init_from} (sha256 {fingerprint[:12]})")
+            log.info("initial weights: %s (sha256 %s)", options.init_from, fingerprint[:12])
         set_seed(config.seed, device_specific=True)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         solver = config.solver
@@ -197,12 +212,23 @@ class Trainer:
         if problem is not None:
             raise ValidationError(problem)
 
+    def _open_logs(self, cleanup: contextlib.ExitStack) -> None:
+        """The main process writes RUN/train.log and speaks on the console; the others only report errors
+        (N ranks would print every line N times)."""
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cleanup.enter_context(RunLog(str(self.run_dir / RUN_LOG_NAME), names=LOGGERS))
+            return
+        logger = logging.getLogger("train")
+        cleanup.callback(logger.setLevel, logger.level)
+        logger.setLevel(logging.ERROR)
+
     def _setup_validation(self) -> None:
         validation = self.config.validation
         if validation.every == 0:
             return
         if validation.vae_path is None:
-            self.accelerator.print("validation.vae_path is null: no validation images (they need a VAE decoder)")
+            log.warning("validation.vae_path is null: no validation images (they need a VAE decoder)")
             return
         if validation.vae_path == "manifest":
             vae_folder = manifest_vae_folder(self.source.manifest, where=self.options.shards)
@@ -226,10 +252,10 @@ class Trainer:
             return
         path = resolve_resume(self.options.resume, self.run_dir)
         if path is None:
-            acc.print(f"--resume latest: no checkpoint in {self.run_dir}; starting at step 0")
+            log.info("--resume latest: no checkpoint in %s; starting at step 0", self.run_dir)
             return
         acc.load_state(str(path))
-        acc.print(f"resumed from {path} at step {self.state.step}")
+        log.info("resumed from %s at step %d", path, self.state.step)
 
     def _batches(self):
         while True:
@@ -267,7 +293,7 @@ class Trainer:
                     scaling_factor=self.facts.vae_scaling_factor, seed=validation.seed, device=self.device,
                     out_path=self.run_dir / "validation" / f"step-{self.state.step:06d}.png",
                 )
-            acc.print(f"validation images: {path}")
+            log.info("validation images: %s", path)
         acc.wait_for_everyone()
 
     def _write_run_config(self) -> None:
@@ -281,20 +307,18 @@ class Trainer:
     def train(self) -> int:
         acc = self.accelerator
         config = self.config
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
+        acc.wait_for_everyone()  # the main process has made the run folder
         self._resume()
         self._write_run_config()
         solver = config.solver
         accumulation = solver.gradient_accumulation_steps
         global_batch = config.data.batch_size * acc.num_processes * accumulation
-        acc.print(
-            f"training {solver.max_steps} steps from step {self.state.step}: {acc.num_processes} process(es), "
-            f"batch {config.data.batch_size} x {acc.num_processes} x {accumulation} = {global_batch}, "
-            f"lr {self.learning_rate:g}, {self.facts.samples} samples, {self.stream.batches_per_epoch} batches/epoch/rank; "
-            f"shards' face mode {self.facts.face_mode}, model.face_missing {config.model.face_missing}, "
-            f"clip_std from {config.conditioning.clip_std}"
+        log.info(
+            "training %d steps from step %d: %d process(es), batch %d x %d x %d = %d, lr %g, %d samples, "
+            "%d batches/epoch/rank; shards' face mode %s, model.face_missing %s, clip_std from %s",
+            solver.max_steps, self.state.step, acc.num_processes, config.data.batch_size, acc.num_processes,
+            accumulation, global_batch, self.learning_rate, self.facts.samples, self.stream.batches_per_epoch,
+            self.facts.face_mode, config.model.face_missing, config.conditioning.clip_std,
         )
         log_path = self.run_dir / LOG_NAME
         progress = tqdm(total=solver.max_steps, initial=self.state.step, disable=not acc.is_local_main_process,
@@ -346,12 +370,16 @@ class Trainer:
             progress.update(1)
             if self.state.step % config.checkpoint.every == 0 or self.state.step == solver.max_steps:
                 saved = self._save()
-                acc.print(f"checkpoint: {saved}")
+                log.info("checkpoint: %s", saved)
             if config.validation.every and self.state.step % config.validation.every == 0:
                 self._validate()
         progress.close()
-        print(f"[rank {acc.process_index}] finished at step {self.state.step} after {consumed} micro-batches",
-              flush=True)
+        per_rank = gather_object([consumed])  # every rank's count, in rank order: they must agree
+        log.info("finished at step %d; micro-batches per rank: %s", self.state.step,
+                 ", ".join(f"[rank {rank}] {count}" for rank, count in enumerate(per_rank)))
+        if acc.is_main_process:
+            print(f"train/run.py: finished at step {self.state.step} ({acc.num_processes} process(es)); "
+                  f"checkpoints and {RUN_LOG_NAME} in {self.run_dir}", flush=True)
         acc.wait_for_everyone()
         acc.end_training()
         return 0
@@ -359,8 +387,10 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        options = parse_options(argv)
-        return Trainer(options).train()
+        with contextlib.ExitStack() as cleanup:
+            options = parse_options(argv)
+            setup_console_logging(options.verbose)
+            return Trainer(options, cleanup=cleanup).train()
     except USER_ERRORS as error:
         print(f"train/run.py: error: {error}", file=sys.stderr)
         return 2

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from preprocess.densepose.config_defaults import DEFAULTS, is_inert
+from shards.yamlfile import load_mapping
 
 
 class ConfigError(ValueError):
@@ -31,21 +30,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Setting]:
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
         raise ConfigError(f"{path}: _BASE_ chain loops: {cycle}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        where = f" (the _BASE_ of {chain[-1]})" if chain else ""
-        raise ConfigError(f"{path}: config file does not exist{where}") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read config: {error}") from error
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    where = f" (the _BASE_ of {chain[-1]})" if chain else ""
+    data = load_mapping(path, what="config file", hint=where, error=ConfigError)
     merged: dict[str, Setting] = {}
     base = data.pop("_BASE_", None)
     if base is not None:

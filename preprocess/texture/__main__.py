@@ -3,11 +3,15 @@
 Files as the MCLD reference reads and writes them: the image and the outputs BGR through OpenCV; the IUV
 the array (I, U, V) as OpenCV wrote it (read unchanged, so a 16-bit, grey or 4-channel file is refused
 rather than silently converted).
+
+One image, one output file: a file it cannot use ends the command with one ``error: ...`` line (exit 2);
+``-v`` says what was written. No run log: there is no output folder to keep it in.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +21,9 @@ import numpy as np
 
 from preprocess.common import SampleError
 from preprocess.texture.core import PartMasksError, TextureMapper, default_mapper, read_part_masks
+from shards.cli import add_verbosity, setup_console_logging
+
+log = logging.getLogger("preprocess.texture.cli")  # not __name__: that is "__main__" under -m
 
 
 class InputError(Exception):
@@ -63,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="6 x 4 tiled part-mask image (MCLD's texture_bg_200.png) instead of the derived masks",
     )
+    add_verbosity(parser)
     args = parser.parse_args(argv)
+    setup_console_logging(args.verbose)
     try:
         _check_writable(args.out, "texture")
         if args.atlas_out is not None:
@@ -79,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         except SampleError as error:
             raise InputError(f"{args.image} with IUV {args.iuv}: {error.reason}: {error.detail}") from error
         _write(args.out, texture)
+        log.info("texture %s (from %s and %s)", args.out, args.image, args.iuv)
         if args.atlas_out is not None:
             _write(args.atlas_out, atlas)
+            log.info("atlas %s", args.atlas_out)
     except (InputError, PartMasksError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -197,7 +197,7 @@ def test_input_errors_are_one_clear_line(visible_set, eval_models, tmp_path, cap
     assert "1 ground-truth image(s) listed in" in capsys.readouterr().err
     assert _evaluate(ref / "mcld", "--gt", ref / "gt", "--models", tmp_path / "nope.yaml", "-o", tmp_path / "o",
                      "--resolutions", "256") == 1
-    assert "nope.yaml: models file not found" in capsys.readouterr().err
+    assert "nope.yaml: models file does not exist" in capsys.readouterr().err
     broken = tmp_path / "models.yaml"
     broken.write_text(eval_models.read_text().replace("alexnet-owt-7be5be79.pth", "missing.pth"))
     assert _evaluate(ref / "mcld", "--gt", ref / "gt", "--models", broken, "-o", tmp_path / "o",

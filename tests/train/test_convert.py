@@ -138,7 +138,8 @@ def test_init_from_starts_at_step_zero_from_those_weights(shards_dir, tmp_path, 
     capsys.readouterr()
     assert _train(["--shards", str(shards_dir), "--config", str(other), "--max-steps", "1",
                    "--output-dir", str(tmp_path / "second"), "--init-from", str(tmp_path / "first" / "checkpoint-1")]) == 0
-    assert "initial weights:" in capsys.readouterr().out
+    checkpoint = tmp_path / "first" / "checkpoint-1"
+    assert f"initial weights: {checkpoint} (sha256 " in (tmp_path / "second" / "train.log").read_text()
     second = load_weights(tmp_path / "second" / "checkpoint-1").model.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert _train([*common, "--output-dir", str(tmp_path / "third"), "--init-from", str(tmp_path / "nowhere")]) == 2

@@ -36,6 +36,11 @@ def logs(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "logs.jsonl").read_text().splitlines()]
 
 
+def run_log(run_dir: Path) -> str:
+    """RUN/train.log: what the run said, whatever the console showed."""
+    return (run_dir / "train.log").read_text(encoding="utf-8")
+
+
 def test_resume_continues_exactly_where_the_run_stopped(shards_dir, tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml", checkpoint={"every": 2, "keep_last": 2}, **QUIET,
                           data={"num_workers": 2, "batch_size": 2, "shuffle_buffer": 8},
@@ -46,8 +51,19 @@ def test_resume_continues_exactly_where_the_run_stopped(shards_dir, tmp_path, ca
     assert run([*common, "--output-dir", str(tmp_path / "split"), "--max-steps", "3"]) == 0
     capsys.readouterr()
     assert run([*common, "--output-dir", str(tmp_path / "split"), "--max-steps", "6", "--resume", "latest"]) == 0
-    out = capsys.readouterr().out
-    assert f"resumed from {tmp_path / 'split' / 'checkpoint-3'} at step 3" in out
+    # The console (no -v) shows the one-line summary; the run log, appended by both runs, holds the rest.
+    console = capsys.readouterr()
+    assert console.out.splitlines() == [f"train/run.py: finished at step 6 (1 process(es)); checkpoints and "
+                                        f"train.log in {tmp_path / 'split'}"]
+    assert "resumed from" not in console.err
+    split = tmp_path / "split"
+    said = run_log(split)
+    for line in (f"checkpoint: {split / 'checkpoint-2'}", f"checkpoint: {split / 'checkpoint-3'}",
+                 f"resumed from {split / 'checkpoint-3'} at step 3",
+                 "training 6 steps from step 3: 1 process(es)", f"checkpoint: {split / 'checkpoint-6'}",
+                 "finished at step 6; micro-batches per rank: [rank 0] 6"):
+        assert f"INFO train.run: {line}" in said, line
+    assert said.index("checkpoint-3 at step 3") < said.index("checkpoint-6")
     # Model, optimizer, LR schedule, RNG and data position all restored: the very same weights.
     straight = load_file(tmp_path / "straight" / "checkpoint-6" / "model.safetensors")
     resumed = load_file(tmp_path / "split" / "checkpoint-6" / "model.safetensors")
@@ -62,7 +78,7 @@ def test_resume_latest_without_checkpoints_starts_fresh_and_bad_paths_are_refuse
     config = write_config(tmp_path / "c.yaml", validation={"vae_path": None, "every": 0})
     common = ["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]
     assert run([*common, "--max-steps", "1", "--resume"]) == 0
-    assert "no checkpoint in" in capsys.readouterr().out
+    assert f"no checkpoint in {tmp_path / 'run'}; starting at step 0" in run_log(tmp_path / "run")
     assert run([*common, "--max-steps", "2"]) == 2
     assert "already holds checkpoint-1: pass --resume" in capsys.readouterr().err
     for target, message in ((tmp_path / "nowhere", "no such checkpoint folder"),
@@ -82,8 +98,10 @@ def test_resuming_an_older_checkpoint_replaces_the_later_ones(shards_dir, tmp_pa
     first = load_file(tmp_path / "run" / "checkpoint-4" / "model.safetensors")
     (tmp_path / "run" / "checkpoint-9.partial").mkdir()  # what a killed save leaves
     capsys.readouterr()
-    assert run([*common, "--max-steps", "4", "--resume", str(tmp_path / "run" / "checkpoint-2")]) == 0
-    assert "at step 2" in capsys.readouterr().out
+    assert run([*common, "--max-steps", "4", "--resume", str(tmp_path / "run" / "checkpoint-2"), "-v"]) == 0
+    message = f"resumed from {tmp_path / 'run' / 'checkpoint-2'} at step 2"
+    assert f"[train.run] {message}" in capsys.readouterr().err  # -v: the console says it too
+    assert message in run_log(tmp_path / "run")
     assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
     assert not (tmp_path / "run" / "checkpoint-9.partial").exists()
     again = load_file(tmp_path / "run" / "checkpoint-4" / "model.safetensors")
@@ -115,7 +133,8 @@ def test_a_single_process_cpu_launch_is_pointed_out(shards_dir, tmp_path, capsys
     config = write_config(tmp_path / "c.yaml", **QUIET)
     assert run(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
                 "--max-steps", "1"]) == 0
-    assert "accelerate launch --cpu started a single process" in capsys.readouterr().out
+    assert "accelerate launch --cpu started a single process" in capsys.readouterr().err  # a warning: shown
+    assert "WARNING train.run: accelerate launch --cpu started a single process" in run_log(tmp_path / "run")
 
 
 def test_overfit_on_four_samples(tmp_path):
@@ -185,14 +204,16 @@ def test_two_processes_step_together_checkpoint_and_resume(shards_dir, tmp_path)
     common = ["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]
     first = _launch([*common, "--max-steps", "4"])
     assert first.returncode == 0, first.stderr[-3000:]
-    finished = re.findall(r"\[rank (\d)\] finished at step (\d+) after (\d+) micro-batches", first.stdout)
-    assert sorted(finished) == [("0", "4", "8"), ("1", "4", "8")], first.stdout[-2000:]
-    assert "2 process(es)" in first.stdout
+    # One summary line on the console (the main process), one run log written by the main process alone.
+    assert first.stdout.count("train/run.py: finished at step 4 (2 process(es))") == 1, first.stdout[-2000:]
+    said = run_log(tmp_path / "run")
+    assert "finished at step 4; micro-batches per rank: [rank 0] 8, [rank 1] 8" in said, said[-2000:]
+    assert said.count("training 4 steps from step 0: 2 process(es)") == 1
     assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
     assert (tmp_path / "run" / "checkpoint-4" / "random_states_1.pkl").is_file()
     second = _launch([*common, "--max-steps", "6", "--resume", "latest"])
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resumed from {tmp_path / 'run' / 'checkpoint-4'} at step 4" in second.stdout
-    finished = re.findall(r"\[rank (\d)\] finished at step (\d+)", second.stdout)
-    assert sorted(finished) == [("0", "6"), ("1", "6")]
+    said = run_log(tmp_path / "run")
+    assert said.count(f"resumed from {tmp_path / 'run' / 'checkpoint-4'} at step 4") == 1
+    assert re.search(r"finished at step 6; micro-batches per rank: \[rank 0\] \d+, \[rank 1\] \d+", said)
     assert [r["step"] for r in logs(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
+
+from shards.yamlfile import check_keys, load_mapping
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,8 @@ def packaged_lpips_weights() -> Path:
 
 def read_models_file(path: str | Path) -> EvalModelPaths:
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: models file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ModelFileError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(data, dict):
-        raise ModelFileError(f"{path}: expected a mapping with inception, alexnet, face[, lpips]")
-    unknown = set(data) - {"inception", "alexnet", "lpips", "face"}
-    if unknown:
-        raise ModelFileError(f"{path}: unknown key(s) {sorted(unknown)}; expected inception, alexnet, lpips, face")
+    data = load_mapping(path, what="models file", allow_empty=False, error=ModelFileError)
+    check_keys(data, ("inception", "alexnet", "lpips", "face"), where=str(path), error=ModelFileError)
 
     def resolve(key: str, *, required: bool, folder: bool = False) -> Path | None:
         value = data.get(key)

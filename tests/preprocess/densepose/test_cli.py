@@ -51,7 +51,12 @@ def test_unreadable_image_fails_that_image_only(tiny, tmp_path, capsys, astronau
     bad.write_bytes(b"not an image")
     out = tmp_path / "out"
     assert main(["--config", str(tiny[0]), "--weights", str(tiny[1]), "--out", str(out), str(bad), str(good)]) == 1
-    assert f"{bad}" in capsys.readouterr().err
+    console = capsys.readouterr()
+    warning = f"skipped: decode_failed: {bad}: not an image format PIL can identify"
+    assert warning in console.err  # shown without -v, and kept in the run log with the successful image
+    log = (out / "densepose.log").read_text()
+    assert f"WARNING preprocess.densepose.cli: {warning}" in log and f"INFO preprocess.densepose.cli: {good}: " in log
+    assert console.out == f"{out}: 1 written (0 with no detection), 1 unreadable; log {out / 'densepose.log'}\n"
     assert (out / "good.npz").is_file() and not (out / "bad.npz").exists()
 
 
@@ -64,7 +69,10 @@ def test_no_detection_writes_empty_arrays(tiny, tmp_path, capsys, astronaut):
     dump = np.load(tmp_path / "a.npz")
     assert sorted(dump.files) == ["boxes_xywh", "boxes_xyxy", "iuv_top1", "scores"]
     assert dump["boxes_xyxy"].shape == (0, 4) and not dump["iuv_top1"].any() and dump["iuv_top1"].shape == (80, 60, 3)
-    assert "no detection" in capsys.readouterr().err
+    console = capsys.readouterr()
+    assert f"{image}: no detection (empty arrays written)" in console.err
+    assert f"{image}: no detection" in (tmp_path / "densepose.log").read_text()
+    assert "1 written (1 with no detection), 0 unreadable" in console.out
 
 
 def test_bad_config_weights_and_names(tiny, tmp_path, fixtures_root):
@@ -101,4 +109,6 @@ def test_a_folder_given_as_image_is_reported(tiny, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     assert main(["--config", str(tiny[0]), "--weights", str(tiny[1]), "--out", str(tmp_path), str(folder)]) == 1
-    assert "photos" in capsys.readouterr().err
+    console = capsys.readouterr()
+    assert f"skipped: unreadable: {folder}" in console.err
+    assert "0 written (0 with no detection), 1 unreadable" in console.out

@@ -23,11 +23,16 @@ def _args(folder, image="person.png", iuv="person_iuv.png", out="t.png", *extra:
     return ["--image", str(folder / image), "--iuv", str(folder / iuv), "--out", str(folder / out), *extra]
 
 
-def test_writes_the_texture_and_the_atlas(files):
+def test_writes_the_texture_and_the_atlas(files, capsys):
     folder, image, iuv = files
     out, atlas_out = folder / "out" / "tex.png", folder / "out" / "atlas.png"
-    rc = main(_args(folder, "person.png", "person_iuv.png", "out/tex.png", "--atlas-out", str(atlas_out)))
+    rc = main(_args(folder, "person.png", "person_iuv.png", "out/tex.png", "--atlas-out", str(atlas_out), "-v"))
     assert rc == 0
+    said = capsys.readouterr().err.splitlines()  # -v: what was written; quiet without it
+    assert said == [f"[preprocess.texture.cli] texture {out} (from {folder / 'person.png'} and "
+                    f"{folder / 'person_iuv.png'})", f"[preprocess.texture.cli] atlas {atlas_out}"]
+    assert main(_args(folder, "person.png", "person_iuv.png", "out/tex.png")) == 0
+    assert capsys.readouterr().err == ""
     texture, atlas = core.map_texture(image, iuv)
     np.testing.assert_array_equal(cv2.imread(str(out), cv2.IMREAD_UNCHANGED), texture)
     np.testing.assert_array_equal(cv2.imread(str(atlas_out), cv2.IMREAD_UNCHANGED), atlas)
