@@ -107,6 +107,7 @@ def template_rows(count: int, *, seed: int, previews: bool):
 
 
 def config_templates(config: ScaleConfig):
+    """The encoded template rows a config's feature files copy (made once per prepare, shared by its tasks)."""
     return template_rows(min(config.templates, config.images), seed=config.seed, previews=config.previews)
 
 

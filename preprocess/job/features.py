@@ -240,9 +240,6 @@ class FeatureReader:
             self._files.move_to_end(location)
         return parquet
 
-    def read(self, row: FeatureRow, columns: list[str]) -> dict[str, bytes | None]:
-        return self.read_window([(row, columns)])[(row.file, row.row)]
-
     def read_window(self, wanted: list[tuple[FeatureRow, list[str]]]) -> dict[tuple[str, int], dict[str, bytes | None]]:
         """The asked columns of the asked rows, keyed by (file, row): each file read once, in one call for
         all its rows in the window (with the union of their columns), so a row asked twice (an image that
