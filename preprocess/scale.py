@@ -106,13 +106,21 @@ def template_rows(count: int, *, seed: int, previews: bool):
     return batch_to_table(batch, previews=previews)
 
 
-def write_feature_range(directory: str, ids: list[str], start: int, stop: int, *, config: ScaleConfig) -> int:
-    """Feature files for images [start, stop), ``batch_size`` rows each, as the job's writer names them."""
+def config_templates(config: ScaleConfig):
+    """The encoded template rows a config's feature files copy (made once per prepare, shared by its tasks)."""
+    return template_rows(min(config.templates, config.images), seed=config.seed, previews=config.previews)
+
+
+def write_feature_range(directory: str, ids: list[str], start: int, stop: int, *, config: ScaleConfig,
+                        templates=None) -> int:
+    """Feature files for images [start, stop), ``batch_size`` rows each, as the job's writer names them;
+    ``templates`` (the encoded rows of :func:`config_templates`) are made here when not given."""
     import pyarrow as pa
 
     from preprocess.job.features import write_feature_file
 
-    templates = template_rows(min(config.templates, config.images), seed=config.seed, previews=config.previews)
+    if templates is None:
+        templates = config_templates(config)
     files = 0
     for first in range(start, stop, config.batch_size):
         indices = list(range(first, min(stop, first + config.batch_size)))
@@ -198,11 +206,14 @@ def prepare(config: ScaleConfig) -> tuple[str, str, int]:
     ids = [by_path[image_path(i)] for i in range(config.images)]
     directory = features_dir(config.out, hashlib.sha256(b"scale-bench").hexdigest())
     storage.makedirs(directory)
-    # One process per chunk (max_calls=1): the generators' memory is gone before anything is measured.
+    # The template rows are encoded once (in a task of their own: the generators' arrays are gone before
+    # anything is measured) and shared; each chunk only copies them into files.
+    templates_ref = ray.remote(num_cpus=1, max_calls=1)(config_templates).remote(config)
     task = ray.remote(num_cpus=1, max_calls=1)(write_feature_range)
-    chunk = 2048
+    chunk = 1024
     ids_ref = ray.put(ids)
-    ray.get([task.remote(directory, ids_ref, start, min(config.images, start + chunk), config=config)
+    ray.get([task.remote(directory, ids_ref, start, min(config.images, start + chunk), config=config,
+                         templates=templates_ref)
              for start in range(0, config.images, chunk)])
     return pairs_csv, directory, pairs
 

@@ -281,6 +281,33 @@ def _header_array(spec: FieldSpec, data: bytes) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype), (height, width, *channels))
 
 
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}  # header bytes -> dtype, shape, order
+
+
+def _npy_view(data: bytes) -> np.ndarray:
+    """np.load's array for an npy member, read-only and without a copy; each distinct header is parsed once
+    (by np.load itself), since the join's members share a handful of headers."""
+    view = memoryview(data)
+    major = view[6] if len(view) > 10 and view[:6] == b"\x93NUMPY" else None
+    length = {1: 2, 2: 4, 3: 4}.get(major)
+    if length is None:
+        return np.load(io.BytesIO(data), allow_pickle=False)  # raises np.load's own error
+    offset = 8 + length + int.from_bytes(view[8:8 + length], "little")
+    header = bytes(view[:offset])
+    known = _NPY_HEADERS.get(header)
+    if known is None:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        if len(_NPY_HEADERS) < 256:
+            _NPY_HEADERS[header] = (array.dtype, array.shape, array.ndim > 1 and not array.flags.c_contiguous)
+        return array
+    dtype, shape, fortran = known
+    count = int(np.prod(shape))
+    if len(view) - offset < count * dtype.itemsize:
+        raise ValueError(f"EOF: reading array data, expected {count * dtype.itemsize} bytes got {len(view) - offset}")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
+
+
 def _decode_members(members: dict[str, Any], *, pixels: bool) -> dict[str, Any]:
     """Every member decoded by its field's spec; image members by their header alone unless ``pixels``."""
     key = members.get("__key__")
@@ -292,8 +319,14 @@ def _decode_members(members: dict[str, Any], *, pixels: bool) -> dict[str, Any]:
         if spec is None:
             raise SchemaError(f"{key}: unknown member {member!r}; schema v{SCHEMA_VERSION} has {sorted(FIELDS_BY_MEMBER)}")
         try:
-            header_only = not pixels and spec.encoding in _IMAGE_FORMATS
-            sample[spec.name] = _header_array(spec, data) if header_only else _decode(spec, data)
+            if pixels:
+                sample[spec.name] = _decode(spec, data)
+            elif spec.encoding in _IMAGE_FORMATS:
+                sample[spec.name] = _header_array(spec, data)
+            elif spec.encoding == "npy":
+                sample[spec.name] = _npy_view(data)
+            else:
+                sample[spec.name] = _decode(spec, data)
         except (ValueError, UnicodeDecodeError, EOFError, OSError) as error:
             raise SchemaError(f"{key}: field {spec.name} cannot be decoded: {error}") from error
     return sample

@@ -123,35 +123,50 @@ def sample_meta(sample: PlannedSample, source: dict, target: dict) -> dict:
 
 
 def write_shard(
-    *, out_dir: str, plan: ShardPlan, geometry: Geometry, features: dict[str, FeatureRow], previews: bool
+    *, out_dir: str, plan: ShardPlan, geometry: Geometry, features: dict[str, FeatureRow], previews: bool,
+    window: int = 64,
 ) -> ShardRecord:
-    """Write one planned shard (atomically); samples in plan order, members copied from the feature table."""
+    """Write one planned shard (atomically); samples in plan order, members copied from the feature table.
+
+    The feature rows of ``window`` samples at a time are read together (each file once per window), so a
+    task's memory is one window's rows whatever the shard's or the dataset's size."""
     reader = FeatureReader()
     source_columns = [c for c, _ in SOURCE_MEMBERS] + (["preview_jpg", "face_jpg", "texture_jpg"] if previews else [])
     target_columns = [c for c, _ in TARGET_MEMBERS] + (["preview_jpg"] if previews else [])
     writer = ShardWriter(out_dir, split=plan.split, geometry=geometry, max_samples=len(plan.samples),
                          start_index=plan.index)
     with writer:
-        for sample in plan.samples:
-            source_row = features[sample.source.content_hash]
-            target_row = features[sample.target.content_hash]
-            source = reader.read(source_row, source_columns)
-            target = reader.read(target_row, target_columns)
-            members: dict[str, bytes] = {"__key__": sample.key}
-            for column, field in SOURCE_MEMBERS:
-                members[f"{field}.npy"] = source[column]
-            members["tgt_latent.npy"] = target["img_latent"]
-            members["tgt_pose.png"] = target["pose_png"]
-            members["meta.json"] = encode_field("meta", sample_meta(sample, source_row.values, target_row.values))
-            if previews:
-                members["src.jpg"] = source["preview_jpg"]
-                members["tgt.jpg"] = target["preview_jpg"]
-                if source["face_jpg"] is not None:
-                    members["face.jpg"] = source["face_jpg"]
-                if source["texture_jpg"] is not None:
-                    members["tex.jpg"] = source["texture_jpg"]
-            writer.write_encoded(members, decode_pixels=False)  # members the job's encoder made
+        for start in range(0, len(plan.samples), window):
+            chunk = plan.samples[start:start + window]
+            wanted = [(features[s.source.content_hash], source_columns) for s in chunk]
+            wanted += [(features[s.target.content_hash], target_columns) for s in chunk]
+            rows = reader.read_window(wanted)
+            for sample in chunk:
+                source_row = features[sample.source.content_hash]
+                target_row = features[sample.target.content_hash]
+                writer.write_encoded(_members(sample, source_row, target_row, rows[(source_row.file, source_row.row)],
+                                              rows[(target_row.file, target_row.row)], previews=previews),
+                                     decode_pixels=False)  # members the job's encoder made
     reader.close()
     (record,) = writer.records
     assert record.name == plan.name
     return record
+
+
+def _members(sample: PlannedSample, source_row: FeatureRow, target_row: FeatureRow, source: dict, target: dict,
+             *, previews: bool) -> dict[str, bytes]:
+    """One sample's tar members: the source's and target's encoded features, and its meta.json."""
+    members: dict[str, bytes] = {"__key__": sample.key}
+    for column, field in SOURCE_MEMBERS:
+        members[f"{field}.npy"] = source[column]
+    members["tgt_latent.npy"] = target["img_latent"]
+    members["tgt_pose.png"] = target["pose_png"]
+    members["meta.json"] = encode_field("meta", sample_meta(sample, source_row.values, target_row.values))
+    if previews:
+        members["src.jpg"] = source["preview_jpg"]
+        members["tgt.jpg"] = target["preview_jpg"]
+        if source["face_jpg"] is not None:
+            members["face.jpg"] = source["face_jpg"]
+        if source["texture_jpg"] is not None:
+            members["tex.jpg"] = source["texture_jpg"]
+    return members

@@ -121,3 +121,22 @@ def test_header_only_check_refuses_what_a_full_decode_refuses():
         check_encoded({**members, "tgt_pose.png": members["src.jpg"]}, geometry=geometry)  # a JPEG, not a PNG
     with pytest.raises(SchemaError, match="field src cannot be decoded"):
         check_encoded({**members, "src.jpg": b"not an image"}, geometry=geometry)
+
+
+def test_header_only_check_reads_npy_members_as_np_load_does():
+    """check_encoded parses each distinct npy header once and views the data: the same arrays as np.load
+    (Fortran order included), and a truncated member is still refused."""
+    import io
+
+    from shards.schema import _npy_view
+
+    for array in (np.arange(24, dtype=np.float16).reshape(2, 3, 4), np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+                  np.zeros(5, np.float32)):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        data = buffer.getvalue()
+        for _ in range(2):  # the header parsed, then the cached header
+            view = _npy_view(data)
+            assert view.dtype == array.dtype and view.shape == array.shape and np.array_equal(view, array)
+        with pytest.raises(ValueError, match="EOF"):
+            _npy_view(data[:-1])
