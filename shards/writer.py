@@ -11,6 +11,8 @@ import tarfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import webdataset as wds
+
 from shards import storage
 from shards.schema import Geometry, SchemaError, check_encoded, decode_sample, encode_sample
 
@@ -24,61 +26,6 @@ def _member_size(name: str, data: bytes) -> int:
     # One header block, plus a PAX extended header (2 blocks) for names past the ustar limit.
     header = TAR_BLOCK if len(name.encode("utf-8")) <= 100 else 3 * TAR_BLOCK
     return header + -(-len(data) // TAR_BLOCK) * TAR_BLOCK
-
-
-def _ustar_header(name: str, size: int) -> bytes:
-    """The header tarfile writes for a regular member in the PAX format (what webdataset's TarWriter uses),
-    with this module's fixed mtime, mode and empty owner; names tarfile would extend with a PAX record
-    (non-ASCII or over 100 bytes) and sizes past the octal field go through tarfile itself."""
-    if len(name) > 100 or not name.isascii() or size >= 8**11:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode, info.uname, info.gname = size, FIXED_MTIME, FIXED_MODE, "", ""
-        return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
-    head = name.encode("ascii").ljust(100, b"\0") + _MODE_IDS + b"%011o\0" % size + _MTIME_FIELD
-    checksum = sum(head) + _CHECKSUM_SPACES + _TAIL_SUM
-    return head + b"%06o\0 " % checksum + _TAIL
-
-
-# The constant parts of the header: mode, uid, gid; mtime; then after the checksum: type "0", no link name,
-# the POSIX magic "ustar\0" + "00", empty user and group names, device fields, prefix, padding.
-_MODE_IDS = b"%07o\0" % FIXED_MODE + b"0000000\0" * 2
-_MTIME_FIELD = b"%011o\0" % FIXED_MTIME
-_TAIL = (b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 32 * 2 + b"\0" * 8 * 2 + b"\0" * 155).ljust(TAR_BLOCK - 156, b"\0")
-_CHECKSUM_SPACES = 8 * ord(" ")
-_TAIL_SUM = sum(_TAIL)
-
-
-class TarStream:
-    """Writes samples as tar members, byte for byte what ``webdataset.TarWriter(encoder=False, mtime=FIXED_MTIME,
-    mode=FIXED_MODE, user="", group="")`` writes (members sorted by name, tarfile's PAX-format headers, the
-    end-of-archive blocks and record padding), in one write per sample: the shard writer's hot path."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-        self.offset = 0  # bytes written so far (tarfile's own stream lags by up to a record)
-
-    def write(self, sample: dict[str, bytes]) -> None:
-        key = sample["__key__"]
-        parts = []
-        for name in sorted(sample):
-            if name[0] == "_":
-                continue
-            data = sample[name]
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise ValueError(f"{name} doesn't map to a bytes after encoding ({type(data)})")
-            size = memoryview(data).nbytes
-            parts.append(_ustar_header(f"{key}.{name}", size))
-            parts.append(data)
-            if size % TAR_BLOCK:
-                parts.append(bytes(TAR_BLOCK - size % TAR_BLOCK))
-        block = b"".join(parts)
-        self._stream.write(block)
-        self.offset += len(block)
-
-    def close(self) -> None:
-        """Two zero blocks, then zeros up to a whole record (tarfile's close)."""
-        end = self.offset + 2 * TAR_BLOCK
-        self._stream.write(bytes(2 * TAR_BLOCK + (-end) % tarfile.RECORDSIZE))
 
 
 def shard_name(split: str, index: int) -> str:
@@ -146,7 +93,7 @@ class ShardWriter:
         self._index = start_index
         self._context = None
         self._hashing: storage.HashingWriter | None = None
-        self._tar: TarStream | None = None
+        self._tar: wds.TarWriter | None = None
         self._samples = 0
         self._seen_keys: set[str] = set()
 
@@ -184,13 +131,15 @@ class ShardWriter:
             return True
         # Closing appends end-of-archive blocks and pads to a whole tar record.
         closing = tarfile.RECORDSIZE
-        return self.max_bytes is not None and self._tar.offset + next_size + closing > self.max_bytes
+        return self.max_bytes is not None and self._hashing.bytes + next_size + closing > self.max_bytes
 
     def _open_shard(self) -> None:
         location = storage.join(self.out_dir, shard_name(self.split, self._index))
         self._context = storage.atomic_write(location)
         self._hashing = self._context.__enter__()
-        self._tar = TarStream(self._hashing)
+        self._tar = wds.TarWriter(
+            self._hashing, encoder=False, mtime=FIXED_MTIME, mode=FIXED_MODE, user="", group=""
+        )
         self._samples = 0
 
     def _close_shard(self) -> None:

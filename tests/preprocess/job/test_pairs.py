@@ -77,7 +77,7 @@ def _feature_table(tmp_path, images: int, *, previews: bool):
 
 def _reference_shard(plan, features, *, previews: bool) -> bytes:
     """The shard as the straightforward loop writes it: whole feature files read with pyarrow, members
-    mapped by hand, webdataset's TarWriter; no FeatureReader, no windows, no schema check, no TarStream."""
+    mapped by hand, webdataset's TarWriter; no FeatureReader, no windows, no schema check."""
     import io
 
     import pyarrow.parquet as pq
