@@ -419,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"train/sample.py: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary), flush=True)
+    # One write per line: the processes share stdout, and print() writes the text and the newline apart,
+    # so two ranks' lines could run together. A write under PIPE_BUF bytes is atomic.
+    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.flush()
     return 0
 
 
