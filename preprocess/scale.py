@@ -112,15 +112,13 @@ def config_templates(config: ScaleConfig):
 
 
 def write_feature_range(directory: str, ids: list[str], start: int, stop: int, *, config: ScaleConfig,
-                        templates=None) -> int:
-    """Feature files for images [start, stop), ``batch_size`` rows each, as the job's writer names them;
-    ``templates`` (the encoded rows of :func:`config_templates`) are made here when not given."""
+                        templates) -> int:
+    """Feature files for images [start, stop), ``batch_size`` rows each, as the job's writer names them,
+    copying ``templates`` (the encoded rows of :func:`config_templates`)."""
     import pyarrow as pa
 
     from preprocess.job.features import write_feature_file
 
-    if templates is None:
-        templates = config_templates(config)
     files = 0
     for first in range(start, stop, config.batch_size):
         indices = list(range(first, min(stop, first + config.batch_size)))

@@ -344,8 +344,8 @@ class Sampler:
         scale = float(self.manifest.vae_scaling_factor)
         return to_uint8(decode_images(self.vae, latent_mean(latent, scaling_factor=scale), scaling_factor=scale))[0]
 
-    def _generate(self, samples: list[dict]) -> tuple[list[str], torch.Tensor]:
-        """Keys and decoded images in [-1, 1] of one network batch."""
+    def _generate(self, samples: list[dict]) -> torch.Tensor:
+        """Decoded images in [-1, 1] of one network batch, in the samples' order."""
         edited = [apply_edits(s, face=self.face, appearance=self.appearance) for s in samples]
         batch = collate(edited).to(self.device)
         scale = float(self.manifest.vae_scaling_factor)
@@ -354,15 +354,14 @@ class Sampler:
         latents = denoise(self.model, batch, noise=noise, scheduler=self.scheduler, steps=self.options.steps,
                           guidance_scale=self.options.guidance, scaling_factor=scale,
                           bank_fp16=self.options.bank_precision == "fp16")
-        return batch.keys, decode_images(self.vae, latents.float(), scaling_factor=scale)
+        return decode_images(self.vae, latents.float(), scaling_factor=scale)
 
     def _sample_batch(self, samples: list[dict]) -> None:
         # CPU and GPU kernels pick their algorithm (and so their float rounding) by batch shape: one pair per
         # network call is what makes a pair's bytes independent of --batch-size and of its batch's fill.
         groups = [[s] for s in samples] if self.batch_invariant else [samples]
-        generated = [self._generate(group) for group in groups]
-        keys = [key for group_keys, _ in generated for key in group_keys]
-        images = torch.cat([group_images for _, group_images in generated])
+        images = torch.cat([self._generate(group) for group in groups])
+        keys = [sample["__key__"] for sample in samples]
         own = to_uint8(images)
         out = self.options.output_dir
         for index, key in enumerate(keys):

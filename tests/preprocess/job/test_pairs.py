@@ -115,8 +115,7 @@ def _reference_shard(plan, features, *, previews: bool) -> bytes:
 
 @pytest.mark.parametrize("previews", [True, False])
 def test_write_shard_equals_the_straightforward_loop_byte_for_byte(tmp_path, previews):
-    """The windowed join (grouped row reads, cached npy headers, the one-write-per-sample tar) changes no
-    byte: any window size, and a feature table written with the former all-zstd compression, give the
+    """The windowed join (grouped row reads, cached npy headers) changes no byte: any window size, and a feature table written with the former all-zstd compression, give the
     reference loop's tar."""
     import pyarrow.parquet as pq
 
