@@ -1,9 +1,9 @@
 """Reading the project's YAML files one way: the training config, the two models files, DensePose configs.
 
 Each reader keeps its own error class and its own checks of values; what they share is how a file is read
-(``yaml.safe_load``, never arbitrary objects), what a broken file says (one line naming the file and the
-reason, with the line and column of a syntax error), and a strict check that refuses keys it does not know
-rather than ignoring a misspelt setting.
+(``yaml.safe_load``'s loader, never arbitrary objects; a key given twice in one mapping is refused), what a
+broken file says (one line naming the file and the reason, with the line and column of a syntax error), and a
+strict check that refuses keys it does not know rather than ignoring a misspelt setting.
 """
 
 from __future__ import annotations
@@ -18,6 +18,29 @@ import yaml
 
 class YamlFileError(ValueError):
     """A YAML file that cannot be used; the message is one line naming the file (readers pass their own class)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so a
+    setting written twice would quietly lose its first value). Keys brought in by a ``<<`` merge may be
+    overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeConstructor reports it itself
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _syntax_problem(error: yaml.YAMLError) -> str:
@@ -49,7 +72,7 @@ def load_mapping(path: str | os.PathLike, *, label: str | None = None, what: str
     except (OSError, UnicodeDecodeError) as cause:
         raise error(f"{name}: cannot read {what}: {cause}") from cause
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as cause:
         raise error(f"{name}: not valid YAML: {_syntax_problem(cause)}") from cause
     if data is None:

@@ -73,3 +73,15 @@ def test_unknown_keys_name_the_place_and_the_known_ones():
     assert str(caught.value) == "--models f.yaml: unknown key(s) [7, 'zz'] under face; known: ['a', 'b']"
     with pytest.raises(YamlFileError, match=r"^cfg\.solver: unknown key\(s\) \['learning_rat'\]; known: "):
         check_keys({"learning_rat": 1}, {"learning_rate"}, where="cfg.solver")
+
+
+def test_a_key_given_twice_is_refused_but_a_merge_may_be_overridden(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("solver:\n  lr: 1.0e-5\n  max_steps: 3\n  lr: 1.0e-4\n")
+    with pytest.raises(ReaderError) as caught:
+        load_mapping(twice, error=ReaderError)
+    assert str(caught.value) == (f"{twice}: not valid YAML: line 4, column 3: duplicate key 'lr' "
+                                 f"(first at line 2)")
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &base\n  lr: 1\n  steps: 2\nrun:\n  <<: *base\n  lr: 3\n")
+    assert load_mapping(merged)["run"] == {"lr": 3, "steps": 2}

@@ -133,6 +133,7 @@ def test_undefined_cases_are_defined(visible_set, eval_models, tmp_path, capsys)
     _save(grey, made / "gt/256/d.png"), _save(grey, made / "mcld/256/d.png")               # flat vs flat
     _save(e, made / "gt/256/e.png"), _save((e * 0.12).astype(np.uint8), made / "mcld/256/e.png")  # no face
     _save(e, made / "gt/256/f.png")                                                        # no generated file
+    _save(e, made / "gt/256/g.png"), (made / "mcld/256/g.png").write_bytes(b"\x89PNG cut")  # unreadable
     train = tmp_path / "train"
     train.mkdir()
     for path in sorted((visible_set / "fashion" / "train").glob("*.jpg"))[:3]:
@@ -150,6 +151,12 @@ def test_undefined_cases_are_defined(visible_set, eval_models, tmp_path, capsys)
     assert result["missing_generated"] == ["f.png"] and result["scored"] == 5 and rows["f.png"]["status"] == \
         "missing_generated"
     assert "MISSING 1 generated image(s)" in printed
+    # An unreadable generated file: named with its reason, counted, not scored; the run goes on.
+    assert rows["g.png"]["status"] == "unreadable" and math.isnan(rows["g.png"]["lpips"])
+    assert result["unreadable"] == {"g.png": rows["g.png"]["reason"]}
+    assert rows["g.png"]["reason"].startswith(f"{made / 'mcld/256/g.png'}: cannot read image")
+    assert "UNREADABLE 1 pair(s)" in printed and result["pairs"] == 7
+    assert "could not be read" in (tmp_path / "report" / "evaluate.log").read_text()
     # Identical images: PSNR inf per image; the reference's mean is inf, the finite mean is reported beside it.
     assert rows["a.png"]["psnr"] == math.inf and rows["a.png"]["lpips"] == 0.0 and rows["a.png"]["ssim"] == 1.0
     assert rows["d.png"]["psnr"] == math.inf

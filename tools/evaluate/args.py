@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from shards.cli import add_verbosity
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("generated", type=Path, help="sampler output folder (GEN) or the reference layout's "
@@ -23,4 +25,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                                      "(default ~/.cache/mcld-data/fid)")
     parser.add_argument("--worst", type=int, default=8, help="worst pairs per metric shown in the HTML report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbosity(parser)
     return parser

@@ -65,6 +65,9 @@ def render_report(evaluation, *, worst: int, loader) -> str:
         if result.aggregates["missing_generated"]:
             names = ", ".join(result.aggregates["missing_generated"])
             parts.append(f"<p><b>Missing generated at {result.resolution.gen_folder}:</b> {html.escape(names)}</p>")
+        if result.aggregates["unreadable"]:
+            parts.append(f"<p><b>Unreadable at {result.resolution.gen_folder} (not scored):</b></p><ul>" + "".join(
+                f"<li>{html.escape(reason)}</li>" for reason in result.aggregates["unreadable"].values()) + "</ul>")
     face = metrics.get("face")
     if face:
         parts.append("<h2>Faces (256x176)</h2><table>" + "".join(

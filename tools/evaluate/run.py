@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from shards.cli import RunLog, setup_console_logging
 from shards.storage import sha256_of
 from tools.evaluate.inputs import (RESOLUTIONS, EvaluationInputError, Pair, Resolution, gen_pairs, is_gen_folder,
                                    read_rgb, reference_pairs, training_images)
@@ -39,6 +40,7 @@ from tools.evaluate.models import (EvalModelPaths, ModelFileError, load_face_ana
 log = logging.getLogger(__name__)
 
 FID_CACHE_VERSION = "mcld-eval-fid-real-v1"
+LOG_NAME = "evaluate.log"
 #: Higher is worse for these; lower is worse for the others.
 HIGHER_IS_WORSE = {"lpips", "face_euclidean"}
 PER_IMAGE_METRICS = ("lpips", "psnr", "ssim", "ssim_256", "face_cosine", "face_euclidean")
@@ -136,12 +138,9 @@ def _as_list(batch: list[dict]) -> list[dict]:
 
 
 def _batches(dataset: Dataset, config: EvaluateConfig, description: str):
+    """Batches of items; an item that could not be read carries "error" (the file and the reason)."""
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_as_list)
-    for batch in tqdm(loader, desc=description, unit="batch", disable=not config.progress):
-        for item in batch:
-            if "error" in item:
-                raise EvaluationInputError(item["error"])
-        yield batch
+    yield from tqdm(loader, desc=description, unit="batch", disable=not config.progress)
 
 
 def _to_tensor(images: list[np.ndarray], device: str) -> torch.Tensor:
@@ -168,6 +167,9 @@ def real_statistics(files: list[Path], resolution: Resolution, models: Models, c
             return FeatureStats(mu=cached["mu"], sigma=cached["sigma"], count=int(cached["count"])), "hit"
     features = []
     for batch in _batches(_TrainImages(files, resolution), config, f"FID real side {resolution.gen_folder}"):
+        for item in batch:
+            if "error" in item:  # FID's real side is fixed by the reference: no image may go missing from it
+                raise EvaluationInputError(item["error"])
         images = _to_tensor([item["image"] for item in batch], config.device)
         features.append(inception_features(models.inception, images).cpu().numpy())
     stats = FeatureStats.of(np.concatenate(features, axis=0))
@@ -206,7 +208,12 @@ def evaluate_resolution(pairs: list[Pair], resolution: Resolution, models: Model
     score_faces = models.face is not None and resolution.name == "256"
     rows: list[dict] = []
     features = []
+    unreadable: list[tuple[Pair, str]] = []
     for batch in _batches(_PairImages(present, resolution), config, f"pairs {resolution.gen_folder}"):
+        unreadable += [(present[item["index"]], item["error"]) for item in batch if "error" in item]
+        batch = [item for item in batch if "error" not in item]
+        if not batch:
+            continue
         generated = _to_tensor([item["generated"] for item in batch], config.device)
         ground_truth = _to_tensor([item["ground_truth"] for item in batch], config.device)
         features.append(inception_features(models.inception, generated.clone()).cpu().numpy())
@@ -217,21 +224,29 @@ def evaluate_resolution(pairs: list[Pair], resolution: Resolution, models: Model
             scores = pixel_scores(ground_truth_np[position], generated_np[position])
             face = (models.face(item["ground_truth"][:, :, ::-1].copy(), item["generated"][:, :, ::-1].copy())
                     if score_faces else None)
-            rows.append(dict(resolution=resolution.gen_folder, name=pair.name, status="ok",
+            rows.append(dict(resolution=resolution.gen_folder, name=pair.name, status="ok", reason="",
                              generated_path=str(pair.generated), ground_truth_path=str(pair.ground_truth),
                              converted=item["converted"], lpips=lpips_values[position], psnr=scores.psnr,
                              ssim=scores.ssim, ssim_256=scores.ssim_256,
                              face_status=face.status if face else None,
                              face_cosine=face.cosine if face else math.nan,
                              face_euclidean=face.euclidean if face else math.nan))
-    for pair in missing:
-        rows.append(dict(resolution=resolution.gen_folder, name=pair.name, status="missing_generated",
+    failures = [(pair, "missing_generated", "") for pair in missing]
+    failures += [(pair, "unreadable", reason) for pair, reason in unreadable]
+    for pair, status, reason in failures:
+        rows.append(dict(resolution=resolution.gen_folder, name=pair.name, status=status, reason=reason,
                          generated_path=str(pair.generated), ground_truth_path=str(pair.ground_truth), converted="",
                          lpips=math.nan, psnr=math.nan, ssim=math.nan, ssim_256=math.nan, face_status=None,
                          face_cosine=math.nan, face_euclidean=math.nan))
     scored = [row for row in rows if row["status"] == "ok"]
+    if unreadable:
+        log.warning("%d pair(s) at %s could not be read and are not scored, e.g. %s", len(unreadable),
+                    resolution.gen_folder, unreadable[0][1])
+        if not scored:  # nothing to score: the inputs are wrong as a whole (e.g. another resolution's folder)
+            raise EvaluationInputError(unreadable[0][1])
     aggregates: dict = {"pairs": len(pairs), "scored": len(scored),
                         "missing_generated": sorted(pair.name for pair in missing),
+                        "unreadable": {pair.name: reason for pair, reason in sorted(unreadable, key=lambda u: u[0].name)},
                         "converted_to_rgb": sum(bool(row["converted"]) for row in scored)}
     if scored:
         lpips_all = np.array([row["lpips"] for row in scored], dtype=np.float32)
@@ -359,6 +374,9 @@ def printed_lines(evaluation: Evaluation) -> list[str]:
             lines.append(f"  SSIM_256: {a['SSIM_256_nan']} pair(s) nan (flat generated and gt)")
         if a["missing_generated"]:
             lines.append(f"  MISSING {len(a['missing_generated'])} generated image(s) (named in metrics.json)")
+        if a["unreadable"]:
+            lines.append(f"  UNREADABLE {len(a['unreadable'])} pair(s), not scored (named with the reason in "
+                         f"metrics.json)")
         if a["converted_to_rgb"]:
             lines.append(f"  {a['converted_to_rgb']} pair(s) had a non-RGB image, converted to RGB")
         lines.append("------------------------------------------")
@@ -381,6 +399,7 @@ def write_outputs(evaluation: Evaluation, config: EvaluateConfig) -> None:
     (config.output / "metrics.json").write_text(json.dumps(_jsonable(evaluation.metrics), indent=2) + "\n")
     rows = [row for result in evaluation.results for row in result.rows]
     schema = pa.schema([("resolution", pa.string()), ("name", pa.string()), ("status", pa.string()),
+                        ("reason", pa.string()),
                         ("generated_path", pa.string()), ("ground_truth_path", pa.string()),
                         ("converted", pa.string()), ("lpips", pa.float32()), ("psnr", pa.float64()),
                         ("ssim", pa.float32()), ("ssim_256", pa.float32()), ("face_status", pa.string()),
@@ -408,19 +427,27 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    setup_console_logging(args.verbose)
     try:
-        evaluation = evaluate(config)
-    except (EvaluationInputError, ModelFileError) as error:
-        print(f"mcld-data evaluate: {error}", file=sys.stderr)
+        config.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"mcld-data evaluate: {config.output}: cannot create the report folder ({error})", file=sys.stderr)
         return 1
-    write_outputs(evaluation, config)
+    with RunLog(str(config.output / LOG_NAME), names=("tools", "shards")):
+        log.info("mcld-data evaluate %s", " ".join(sys.argv[1:]))
+        try:
+            evaluation = evaluate(config)
+        except (EvaluationInputError, ModelFileError) as error:
+            log.error("%s", error)
+            print(f"mcld-data evaluate: {error}", file=sys.stderr)
+            return 1
+        write_outputs(evaluation, config)
     print("\n".join(printed_lines(evaluation)))
     print(f"-> {config.output / 'metrics.json'}, per_image.parquet, report.html")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run(build_parser().parse_args(argv))
 
 

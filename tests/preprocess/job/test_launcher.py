@@ -94,6 +94,7 @@ class Node:
         self.port = free_port()
         self.sshd: subprocess.Popen | None = None
         self.created = False
+        self.granted: list[tuple[Path, int, bool]] = []  # folders given an ACL entry: (folder, mode, had an ACL)
 
     @property
     def cluster_name(self) -> str:
@@ -133,6 +134,28 @@ class Node:
         self.sshd = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
         wait_for_port(self.port, self.sshd, "sshd")
+
+    def grant_traversal(self, target: Path) -> None:
+        """Lets the node's user reach `target` (this test's venv, whose packages the node imports): a
+        checkout in a private folder (a `mktemp -d` clone is 0700) would otherwise end `ray up` with
+        "Failed to setup head". Each folder on the way that the user cannot enter gets an ACL entry
+        u:<user>:--x; stop() puts back the folder's mode and, where it had none before, drops the ACL."""
+        for folder in [*reversed(target.parents), target]:
+            if subprocess.run(["test", "-x", str(folder)], user=self.user).returncode == 0:
+                continue
+            if not shutil.which("setfacl"):
+                try:
+                    install_debian_packages(["acl"])
+                except subprocess.CalledProcessError as error:
+                    pytest.skip(f"{folder} is closed to other users and setfacl (Debian's acl) could not be "
+                                f"installed ({error.stderr.decode()[-300:]})")
+            had_acl = bool(subprocess.run(["getfacl", "--skip-base", "--omit-header", str(folder)],
+                                          capture_output=True, text=True, check=True).stdout.strip())
+            self.granted.append((folder, folder.stat().st_mode & 0o7777, had_acl))
+            subprocess.run(["setfacl", "-m", f"u:{self.user}:--x", str(folder)], check=True, capture_output=True)
+        if subprocess.run(["test", "-r", str(target / "ray" / "__init__.py")], user=self.user).returncode:
+            pytest.skip(f"{target}: this test's packages are not readable by other users (installed under a "
+                        f"restrictive umask?); the SSH node imports them from there")
 
     def ssh_shim(self) -> Path:
         """An `ssh` first on the launcher's PATH that adds the port (Ray's SSH runner has no port option)."""
@@ -179,6 +202,10 @@ class Node:
             os.rmdir(f"/tmp/ray_ssh_{user_hash}")  # only if no other cluster of this user uses it
         except OSError:
             pass
+        for folder, mode, had_acl in reversed(self.granted):
+            subprocess.run(["setfacl", "-x" if had_acl else "-b", *([f"u:{self.user}"] if had_acl else []),
+                            str(folder)], capture_output=True)
+            os.chmod(folder, mode)
         if self.created:
             subprocess.run(["userdel", "--remove", self.user], capture_output=True)
 
@@ -259,6 +286,7 @@ def test_ray_up_submit_down_on_localhost(tmp_path, model_cache):
     try:
         try:
             node.create()
+            node.grant_traversal(Path(sysconfig.get_paths()["purelib"]))
             node.start_sshd()
             shim = node.ssh_shim()
             token = base / "launcher" / "auth_token"
