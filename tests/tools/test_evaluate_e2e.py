@@ -1,20 +1,19 @@
-"""End to end: tiny shards -> 2-step training -> sampler (train/sample.py) -> `mcld-data evaluate` on its GEN
-folder, the ground truth being the originals the shards' meta.json records."""
+"""End to end on the demo shards: a tiny-model job on the packaged demo photos (the session's feature-modes
+run) -> 2-step training -> sampler (train/sample.py) -> `mcld-data evaluate` on its GEN folder, the ground
+truth being the original photos the shards' meta.json records (sub-folders and spaces in their names)."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
-from shards.schema import Geometry
-from shards.synthetic import write_synthetic_dataset
-from tests.train.conftest import add_vae_record, write_tiny_vae
+from shards.manifest import read_manifest
 from tools.cli import main as cli_main
 
 sample = pytest.importorskip("train.sample", reason="train/sample.py (the sampling issue) is not in this branch")
@@ -26,13 +25,10 @@ def _reset_accelerate() -> None:
 
 
 @pytest.mark.slow
-def test_sampler_output_evaluates_through_the_cli(eval_models, tmp_path):
+def test_sampler_output_on_the_demo_shards_evaluates_through_the_cli(feature_modes_run, eval_models, tmp_path):
     from train.run import main as train_main
 
-    shards = tmp_path / "out"
-    write_synthetic_dataset(str(shards), geometry=Geometry(height=64, width=64, clip_dim=24), samples=3,
-                            samples_per_shard=3, seed=5)
-    add_vae_record(shards, write_tiny_vae(tmp_path / "vae"))
+    shards, images, _ = feature_modes_run
     run = tmp_path / "run"
     try:
         assert train_main(["--shards", str(shards), "--config", "tiny", "--output-dir", str(run),
@@ -46,21 +42,27 @@ def test_sampler_output_evaluates_through_the_cli(eval_models, tmp_path):
     finally:
         _reset_accelerate()
     index = pq.read_table(gen / "index.parquet").to_pylist()
-    # The originals the shards were made from: synthetic shards record `{id}.jpg`; write photos there.
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for path in {row["target_path"] for row in index} | {row["source_path"] for row in index}:
-        Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)).save(images / path)
+    assert len(index) == read_manifest(str(shards)).counts.pairs_written
+    assert any(" " in row["target_path"] and "/" in row["target_path"] for row in index)
+    # FID's real side: the reference globs one folder's *.jpg
+    train = tmp_path / "train"
+    train.mkdir()
+    for number, path in enumerate(sorted(p for p in images.rglob("*") if p.suffix in (".png", ".jpg")
+                                         and p.parent.name != "bad")):
+        Image.open(path).convert("RGB").save(train / f"{number}.jpg")
     report = tmp_path / "report"
-    assert cli_main(["evaluate", str(gen), "--images", str(images), "--train-images", str(images), "--models",
+    assert cli_main(["evaluate", str(gen), "--images", str(images), "--train-images", str(train), "--models",
                      str(eval_models), "-o", str(report), "--cache-dir", str(tmp_path / "cache"), "--workers", "0",
                      "--quiet"]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     for folder in ("256x176", "512x352"):
         result = metrics["resolutions"][folder]
         assert result["pairs"] == result["scored"] == len(index) and result["missing_generated"] == []
+        assert result["FID_real_images"] == 4
         assert math.isfinite(result["FID"]) and 0 <= result["LPIPS"] and math.isfinite(result["PSNR"])
     rows = pq.read_table(report / "per_image.parquet").to_pylist()
     assert sorted(r["name"] for r in rows if r["resolution"] == "256x176") == sorted(r["key"] for r in index)
-    assert (report / "report.html").stat().st_size > 0
+    assert {r["ground_truth_path"] for r in rows} == {str(images / row["target_path"]) for row in index}
+    assert metrics["face"] is not None and metrics["sampling_settings"]["face_mode"] == "reference"
+    assert (report / "report.html").stat().st_size > 0 and (report / "evaluate.log").is_file()
+    shutil.rmtree(gen)
