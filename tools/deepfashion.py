@@ -1,5 +1,9 @@
 """DeepFashion In-shop -> job inputs: a pairs CSV per split, with paths relative to the dataset root.
 
+Also a folder per split of links named as the published lists name the images (``OUT/train/*.jpg``): the
+reference's ``fashion/train`` folder, which its evaluation reads as FID's real side
+(``mcld-data evaluate --train-images OUT/train``), made without copying 48,674 photos.
+
 The published split and pair lists (CFLD's, used by MCLD) name images by a flattened path:
 ``WOMEN/Blouses_Shirts/id_00000001/02_1_front.jpg`` is ``fashionWOMENBlouses_Shirtsid0000000102_1front.jpg``
 (gender and category as they are, the id without its underscore, then the photo number, ``_``, and the pose
@@ -13,6 +17,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -88,6 +93,26 @@ def _write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
     temporary.replace(path)
 
 
+def write_links(folder: Path, targets: dict[str, Path]) -> None:
+    """``folder/NAME`` -> the file, for every name; the folder is built aside and swapped in whole. An
+    existing folder is replaced only when it holds nothing but links (an earlier run's), never real files."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"{folder}: exists and is not a folder; move it away")
+    if folder.is_dir():
+        kept = [entry.name for entry in os.scandir(folder) if not entry.is_symlink()]
+        if kept:
+            raise ValueError(f"{folder}: holds files that are not links (e.g. {kept[0]}); it is not replaced")
+    building = folder.with_name(f".{folder.name}.building")
+    if building.is_dir():
+        shutil.rmtree(building)
+    building.mkdir(parents=True)
+    for name, target in targets.items():
+        os.symlink(target, building / name)
+    if folder.is_dir():
+        shutil.rmtree(folder)  # only links (checked above); their targets are untouched
+    building.rename(folder)
+
+
 def convert(*, root: Path, lists: Path, out: Path) -> Report:
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root}: not a directory")
@@ -103,6 +128,8 @@ def convert(*, root: Path, lists: Path, out: Path) -> Report:
         present = [n for n in names if n in files]
         missing = sorted(n for n in names if n not in files)
         info: dict = {"listed": len(names), "found": len(present), "names_matching_no_file": missing}
+        write_links(out / split, {name: root.resolve() / files[name] for name in present})
+        info["image_links"] = f"{split}/"
         pair_list = lists / f"{split}.csv"
         if pair_list.exists():
             published = _read_pairs(pair_list)
@@ -130,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mcld-data deepfashion", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="img_highres folder (WOMEN/..., MEN/...)")
     parser.add_argument("--lists", required=True, type=Path, help="folder with {split}.lst and optional {split}.csv")
-    parser.add_argument("--out", required=True, type=Path, help="where {split}_pairs.csv and the report go")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="where {split}_pairs.csv, the {split}/ folders of links and the report go")
     args = parser.parse_args(argv)
     try:
         report = convert(root=args.root, lists=args.lists, out=args.out)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"mcld-data deepfashion: {error}", file=sys.stderr)
         return 1
     print(f"{args.root}: {report.files_in_tree} image files")
@@ -143,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {split}: {info['found']}/{info['listed']} listed names found, {len(info['names_matching_no_file'])} "
             f"match no file; {info['pairs_written']} pairs ({info['pairs_source']}) -> {args.out / f'{split}_pairs.csv'}"
         )
+        print(f"    images as the published lists name them (links): {args.out / split}")
         for name in info["names_matching_no_file"][:5]:
             print(f"    no file for {name}")
     print(f"  files in no list: {len(report.files_in_no_list)}; files not shaped like the dataset: {len(report.unshaped)}")

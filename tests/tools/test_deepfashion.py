@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tools.deepfashion import flattened_name, main
+from tools.evaluate.inputs import training_images
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LISTS = SHARED / "fixtures" / "deepfashion"
@@ -63,6 +64,10 @@ def test_all_published_names_map_unambiguously(tmp_path, capsys):
         assert row["from"].rsplit("/", 1)[0] == row["to"].rsplit("/", 1)[0]
     text = capsys.readouterr().out
     assert "test: 4037/4038 listed names found, 1 match no file" in text
+    # The reference's fashion/train folder, as links: FID's real side for `mcld-data evaluate --train-images`.
+    assert training_images(out / "train") == sorted(out / "train" / name for name in names["train"])
+    assert (out / "train" / names["train"][7]).resolve() == (root / tree_path(names["train"][7])).resolve()
+    assert len(list((out / "test").iterdir())) == 4037
 
 
 def test_two_files_with_one_list_name_are_refused(tmp_path, capsys):
@@ -76,3 +81,30 @@ def test_two_files_with_one_list_name_are_refused(tmp_path, capsys):
     (lists / "train.lst").write_text("fashionMENDenimid0000008002_1front.jpg\n")
     assert main(["--root", str(root), "--lists", str(lists), "--out", str(tmp_path / "o")]) == 1
     assert "AMBIGUOUS: 1 list names match more than one file" in capsys.readouterr().out
+
+
+def test_the_split_folders_of_links_are_the_reference_layout_and_are_rebuilt(tmp_path, capsys):
+    root = tmp_path / "img_highres"
+    names = ["fashionWOMENDressesid0000000101_1front.jpg", "fashionWOMENDressesid0000000101_2side.jpg",
+             "fashionMENDenimid0000008002_1front.jpg"]
+    for number, name in enumerate(names):
+        path = root / tree_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes([number]) * 10)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.lst").write_text("\n".join(names[:2]) + "\n")
+    (lists / "test.lst").write_text(names[2] + "\n")
+    out = tmp_path / "inputs"
+    for _ in range(2):  # a second run replaces the links of the first
+        assert main(["--root", str(root), "--lists", str(lists), "--out", str(out)]) == 0
+        assert sorted(p.name for p in (out / "train").iterdir()) == sorted(names[:2])
+        assert [(out / "test" / names[2]).read_bytes()] == [bytes([2]) * 10]
+        assert all((out / "train" / name).is_symlink() for name in names[:2])
+    assert not list(out.glob(".*building"))
+    # A split folder that holds real files is not the tool's to replace.
+    (out / "test" / names[2]).unlink()
+    (out / "test" / "mine.jpg").write_bytes(b"a user's file")
+    assert main(["--root", str(root), "--lists", str(lists), "--out", str(out)]) == 1
+    assert f"{out / 'test'}: holds files that are not links (e.g. mine.jpg)" in capsys.readouterr().err
+    assert (out / "test" / "mine.jpg").read_bytes() == b"a user's file"
