@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pyarrow.parquet as pq
@@ -64,5 +65,7 @@ def test_sampler_output_on_the_demo_shards_evaluates_through_the_cli(feature_mod
     assert sorted(r["name"] for r in rows if r["resolution"] == "256x176") == sorted(r["key"] for r in index)
     assert {r["ground_truth_path"] for r in rows} == {str(images / row["target_path"]) for row in index}
     assert metrics["face"] is not None and metrics["sampling_settings"]["face_mode"] == "reference"
-    assert (report / "report.html").stat().st_size > 0 and (report / "evaluate.log").is_file()
+    page = (report / "report.html").read_text(encoding="utf-8")
+    assert not re.search(r'(src|href)="(?!data:)', page)  # self-contained: nothing to fetch
+    assert page.count('<img alt="') >= 2 * 4 and (report / "evaluate.log").is_file()  # worst pairs, 2 sizes
     shutil.rmtree(gen)
