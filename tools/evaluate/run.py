@@ -434,11 +434,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"mcld-data evaluate: {config.output}: cannot create the report folder ({error})", file=sys.stderr)
         return 1
     with RunLog(str(config.output / LOG_NAME), names=("tools", "shards")):
-        log.info("mcld-data evaluate %s", " ".join(sys.argv[1:]))
+        log.info("mcld-data evaluate: %s", config)
         try:
             evaluation = evaluate(config)
         except (EvaluationInputError, ModelFileError) as error:
-            log.error("%s", error)
+            log.info("stopped: %s", error)  # the log file keeps it; the console gets the one line below
             print(f"mcld-data evaluate: {error}", file=sys.stderr)
             return 1
         write_outputs(evaluation, config)
