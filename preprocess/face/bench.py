@@ -88,7 +88,8 @@ def _timed(run: Callable[[], Any], *, repeats: int, items: int) -> dict[str, flo
             run()
             seconds.append(time.perf_counter() - start)
     mean = sum(seconds) / len(seconds)
-    return {"items": items, "repeats": repeats, "seconds_mean": round(mean, 5), "seconds_best": round(min(seconds), 5),
+    return {"items": items, "repeats": repeats, "seconds_mean": float(f"{mean:.5g}"),
+            "seconds_best": float(f"{min(seconds):.5g}"),
             "per_s": round(items / mean, 3), **faults.per_item(items * repeats)}
 
 
