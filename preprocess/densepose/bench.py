@@ -91,7 +91,7 @@ def time_predictor(predictor, image: np.ndarray, *, batch: int, repeats: int, de
     return {
         "batch": batch,
         "images_per_s": round(batch * repeats / seconds, 4),
-        "seconds_per_image": round(seconds / (batch * repeats), 4),
+        "seconds_per_image": float(f"{seconds / (batch * repeats):.5g}"),  # significant digits: tiny models are fast
         **faults.per_item(batch * repeats),
         "detections": int(results[0].count),
     }
