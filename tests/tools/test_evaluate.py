@@ -183,6 +183,10 @@ def test_undefined_cases_are_defined(visible_set, eval_models, tmp_path, capsys)
 
 
 def test_input_errors_are_one_clear_line(visible_set, eval_models, tmp_path, capsys):
+    # Evaluation is local: a URL is refused by the argument parser, naming it (not read as a relative path).
+    with pytest.raises(SystemExit):
+        _evaluate("s3://bucket/gen", "--images", tmp_path, "--models", eval_models, "-o", tmp_path / "o")
+    assert "s3://bucket/gen: evaluate works on local folders only" in capsys.readouterr().err
     ref = tmp_path / "ref"
     (ref / "gt" / "512").mkdir(parents=True)
     _save(_rgb(next((visible_set / "gt" / "256").glob("*.png"))), ref / "gt" / "256" / "x.png")
