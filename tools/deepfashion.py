@@ -120,6 +120,7 @@ def convert(*, root: Path, lists: Path, out: Path) -> Report:
     if not splits:
         raise FileNotFoundError(f"--lists {lists}: no split lists (*.lst) found")
     files, report = scan_tree(root)
+    absolute_root = root.resolve()  # the links' targets; resolved once, not per file
     out.mkdir(parents=True, exist_ok=True)
     listed: set[str] = set()
     for split in splits:
@@ -128,7 +129,7 @@ def convert(*, root: Path, lists: Path, out: Path) -> Report:
         present = [n for n in names if n in files]
         missing = sorted(n for n in names if n not in files)
         info: dict = {"listed": len(names), "found": len(present), "names_matching_no_file": missing}
-        write_links(out / split, {name: root.resolve() / files[name] for name in present})
+        write_links(out / split, {name: absolute_root / files[name] for name in present})
         info["image_links"] = f"{split}/"
         pair_list = lists / f"{split}.csv"
         if pair_list.exists():

@@ -393,9 +393,9 @@ def printed_lines(evaluation: Evaluation) -> list[str]:
 
 
 def write_outputs(evaluation: Evaluation, config: EvaluateConfig) -> None:
+    """metrics.json, per_image.parquet and report.html into the report folder, which run() has made."""
     from tools.evaluate.report import render_report
 
-    config.output.mkdir(parents=True, exist_ok=True)
     (config.output / "metrics.json").write_text(json.dumps(_jsonable(evaluation.metrics), indent=2) + "\n")
     rows = [row for result in evaluation.results for row in result.rows]
     schema = pa.schema([("resolution", pa.string()), ("name", pa.string()), ("status", pa.string()),
