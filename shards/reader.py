@@ -126,13 +126,14 @@ def resolve(source: str | list[str] | tuple[str, ...], *, split: str | None = No
     return ShardSource(urls=urls, manifest=manifest)
 
 
-def iter_shard_members(url: str, *, expected: ShardRecord | None = None) -> Iterator[dict[str, Any]]:
+def iter_shard_members(url: str, *, expected: ShardRecord | None = None,
+                       stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
     """Yield ``{"__key__", "__url__", member: bytes, ...}`` per sample of one shard, strictly."""
     try:
         raw = storage.open_read(url)
     except OSError as error:
         raise ShardError(f"{url}: cannot open: {error}") from error
-    stream = HashingReader(raw)
+    stream = HashingReader(CountingReader(raw, stats) if stats is not None else raw)
     count = 0
     try:
         current: dict[str, Any] | None = None
@@ -177,6 +178,128 @@ def iter_shard_members(url: str, *, expected: ShardRecord | None = None) -> Iter
                 raise ShardError(f"{url}: {count} samples, the manifest says {expected.samples}")
     finally:
         stream.close()
+
+
+@dataclass(kw_only=True)
+class ReadStats:
+    """Bytes taken from storage (tar headers and member data), for read-amplification figures."""
+
+    bytes: int = 0
+
+
+class CountingReader:
+    """A seekable read-only stream that counts the bytes read through it (a seek costs nothing)."""
+
+    def __init__(self, stream: BinaryIO, stats: ReadStats) -> None:
+        self._stream = stream
+        self._stats = stats
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._stats.bytes += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _open_counted(url: str, stats: ReadStats | None) -> CountingReader:
+    try:
+        # Unbuffered locally: a header read costs its 512 bytes, not a read-ahead block.
+        raw = open(url, "rb", buffering=0) if not storage.is_url(url) else storage.open_read(url)
+    except OSError as error:
+        raise ShardError(f"{url}: cannot open: {error}") from error
+    return CountingReader(raw, stats if stats is not None else ReadStats())
+
+
+def _member_key(url: str, info: tarfile.TarInfo) -> tuple[str, str]:
+    if not info.isreg():
+        raise ShardError(f"{url}: member {info.name!r} is not a regular file")
+    match = MEMBER_PATTERN.match(info.name)
+    if match is None:
+        raise ShardError(
+            f"{url}: member {info.name!r} is not '{{source_id}}__{{target_id}}.{{field}}.{{ext}}' "
+            "(dot-free ids, no path separators)"
+        )
+    key, member = match.groups()
+    return key, member
+
+
+def iter_shard_span(url: str, start: int, stop: int, *, stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
+    """Samples ``start <= i < stop`` (in file order) of one shard, read by seeking: the members of earlier
+    samples cost their 512-byte tar headers only, nothing after sample ``stop - 1`` is read.
+
+    As strict as :func:`iter_shard_members` on names and layout; the shard's sha256 needs the whole file,
+    so a span is not hashed (readers of whole shards check it, and so does ``mcld-data verify``).
+    """
+    if not 0 <= start < stop:
+        raise ValueError(f"empty or negative span [{start}, {stop}) of {url}")
+    stream = _open_counted(url, stats)
+    try:
+        try:
+            archive = tarfile.open(fileobj=stream, mode="r:")
+            seen = 0  # samples begun so far
+            current: dict[str, Any] | None = None
+            finished: set[str] = set()
+            previous = None
+            for info in archive:
+                key, member = _member_key(url, info)
+                if key != previous:
+                    if previous is not None:
+                        finished.add(previous)
+                    if key in finished:
+                        raise ShardError(f"{url}: members of sample {key} are not contiguous")
+                    if current is not None:
+                        yield current
+                        current = None
+                    if seen == stop:
+                        break
+                    seen += 1
+                    previous = key
+                    if seen > start:
+                        current = {"__key__": key, "__url__": url}
+                if current is not None:
+                    if member in current:
+                        raise ShardError(f"{url}: sample {key} has member {member} twice")
+                    current[member] = archive.extractfile(info).read()
+                # The archive keeps every header it has seen; a long shard need not.
+                archive.members.clear()
+            if current is not None:
+                yield current
+        except (tarfile.TarError, EOFError, OSError) as error:
+            raise ShardError(f"{url}: truncated or corrupt tar: {error}") from error
+        if seen < stop:
+            raise ShardError(f"{url}: {seen} samples, fewer than the {stop} the manifest promises this reader")
+    finally:
+        stream.close()
+
+
+def shard_keys(url: str, *, stats: ReadStats | None = None) -> list[str]:
+    """The sample keys of one shard in file order, from its tar headers alone (no member data is read)."""
+    stream = _open_counted(url, stats)
+    keys: list[str] = []
+    try:
+        try:
+            archive = tarfile.open(fileobj=stream, mode="r:")
+            for info in archive:
+                key, _ = _member_key(url, info)
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+                archive.members.clear()
+        except (tarfile.TarError, EOFError, OSError) as error:
+            raise ShardError(f"{url}: truncated or corrupt tar: {error}") from error
+    finally:
+        stream.close()
+    return keys
 
 
 def _expand(expected: dict[str, ShardRecord]) -> Callable[[Iterable[dict]], Iterator[dict]]:

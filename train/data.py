@@ -1,9 +1,13 @@
 """Streaming training batches from shards: one reader per (rank, DataLoader worker), nothing via rank 0.
 
-Each reader owns a disjoint slice of the shard list and draws from it with replacement (webdataset's
-ResampledShards), shuffles raw samples in a buffer, and only then decodes. Every rank yields the same
-number of batches per epoch, so DDP never waits on a rank that ran dry. Batches are collated inside the
-workers; the main process only moves them to the device.
+Any number of ranks x workers on any number of shards (>= 1). Each epoch has one global order (the shards
+in a seeded permutation, each shard's samples in file order), cut into equal runs of whole batches: rank r
+reads the r-th run, each of its workers a contiguous part of it. Every sample is read once per epoch; the
+positions past the dataset's size (fewer than world_size x batch_size) repeat the first samples of the
+order, so every rank yields the same number of batches and DDP never waits on a rank that ran dry. A reader
+streams the shards its run covers whole (checked against the manifest's sha256) and seeks to its own
+samples in a shard it shares with others, so sharing costs tar headers, not bytes. Samples are shuffled
+raw in a per-reader buffer before decode; batches are collated inside the workers.
 
 Position is exact and cheap to restore: an epoch's stream is a function of (seed, epoch, reader), and
 resuming skips the batches already consumed on raw bytes, before decode.
@@ -12,7 +16,8 @@ resuming skips the batches already consumed on raw bytes, before decode.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -20,7 +25,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.reader import ShardError, ShardSource, iter_samples, iter_shard_members
+from shards import storage
+from shards.reader import ReadStats, ShardError, ShardSource, iter_samples, iter_shard_members, iter_shard_span
 from shards.schema import Geometry, SchemaError, decode_sample
 
 
@@ -107,57 +113,144 @@ def mix_seed(*parts: int) -> int:
     return value
 
 
+@dataclass(frozen=True, kw_only=True)
+class Piece:
+    """Samples ``start <= i < stop`` of one shard (file order); ``whole`` when that is the entire shard."""
+
+    url: str
+    start: int
+    stop: int
+    whole: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochPlan:
+    """One epoch's global sample order and who reads what of it.
+
+    The order: the shards in a seeded permutation of (seed, epoch), each shard's samples in file order (the
+    job shuffled them when it wrote the shards). It is cut into ``world_size * batches * batch_size``
+    positions, taken cyclically: the positions past the dataset's size are the padding, the first samples
+    of the order again. Rank r owns positions ``[r * batches * batch_size, (r + 1) * ...)``, and within a
+    rank each DataLoader worker a contiguous run of whole batches, so a reader touches only the shards its
+    run crosses and reads a shard that several readers share by seeking to its own samples.
+    """
+
+    urls: list[str]
+    counts: list[int]
+    order: list[int]  # shard indices, this epoch's order
+    world_size: int
+    workers: int
+    batch_size: int
+    batches: int  # per rank
+
+    @property
+    def samples(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def positions(self) -> int:
+        return self.world_size * self.batches * self.batch_size
+
+    @property
+    def padding(self) -> int:
+        """Positions beyond one pass over the data (the first samples of the order, read again); negative
+        when ``batches`` is set below one pass."""
+        return self.positions - self.samples
+
+    def worker_batches(self, role: int) -> int:
+        return split_count(self.batches, self.workers, role)
+
+    def span(self, *, rank: int, role: int) -> tuple[int, int]:
+        """[first, end) positions of reader (rank, role)."""
+        first = rank * self.batches + sum(self.worker_batches(r) for r in range(role))
+        return first * self.batch_size, (first + self.worker_batches(role)) * self.batch_size
+
+    def pieces(self, *, rank: int, role: int) -> list[Piece]:
+        first, end = self.span(rank=rank, role=role)
+        total = self.samples
+        bounds = np.concatenate([[0], np.cumsum([self.counts[k] for k in self.order])])
+        pieces: list[Piece] = []
+        position = first
+        while position < end:
+            cyclic = position % total
+            slot = int(np.searchsorted(bounds, cyclic, side="right")) - 1
+            shard = self.order[slot]
+            start = cyclic - int(bounds[slot])
+            stop = min(self.counts[shard], start + end - position)
+            pieces.append(Piece(url=self.urls[shard], start=start, stop=stop,
+                                whole=start == 0 and stop == self.counts[shard]))
+            position += stop - start
+        return pieces
+
+
+def epoch_plan(*, urls: list[str], counts: list[int], seed: int, epoch: int, world_size: int, workers: int,
+               batch_size: int, batches: int) -> EpochPlan:
+    order = [int(i) for i in np.random.default_rng(mix_seed(seed, epoch)).permutation(len(urls))]
+    return EpochPlan(urls=list(urls), counts=list(counts), order=order, world_size=world_size,
+                     workers=max(1, workers), batch_size=batch_size, batches=batches)
+
+
 class TrainStream(IterableDataset):
-    """One epoch of one rank's batches; each DataLoader worker reads its own shards."""
+    """One epoch of one rank's batches; each DataLoader worker reads its own run of the epoch's order.
+
+    Any number of ranks and workers on any number of shards (>= 1): every sample once per epoch across all
+    readers, plus the padding :class:`EpochPlan` states.
+    """
 
     def __init__(self, *, source: ShardSource, rank: int, world_size: int, num_workers: int, batch_size: int,
-                 batches_per_epoch: int, seed: int, shuffle_buffer: int, verify_checksums: bool) -> None:
+                 batches_per_epoch: int | None = None, seed: int, shuffle_buffer: int, verify_checksums: bool,
+                 stats: ReadStats | None = None) -> None:
         super().__init__()
+        if source.manifest is None:
+            raise DataError("training reads an output folder with manifest.json (it needs each shard's sample count)")
+        records = {r.name: r for r in source.manifest.shards}
+        self.counts = []
+        for url in source.urls:
+            record = records.get(storage.name_of(url))
+            if record is None:
+                raise DataError(f"{url}: not listed in the manifest")
+            self.counts.append(record.samples)
         self.source = source
         self.rank = rank
         self.world_size = world_size
         self.num_workers = num_workers
         self.batch_size = batch_size
-        self.batches_per_epoch = batches_per_epoch
+        samples = sum(self.counts)
+        if samples == 0:
+            raise DataError("the shards hold no samples")
+        self.batches_per_epoch = batches_per_epoch if batches_per_epoch is not None else \
+            _one_pass(samples=samples, world_size=world_size, batch_size=batch_size)
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.verify_checksums = verify_checksums
+        self.stats = stats  # bytes read, when measuring
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch already consumed (set on resume)
-        readers = world_size * max(1, num_workers)
-        if len(source.urls) < readers:
-            raise DataError(
-                f"{len(source.urls)} shard(s) for {readers} readers ({world_size} process(es) x "
-                f"{max(1, num_workers)} DataLoader worker(s)): every reader needs shards of its own. Write more, "
-                "smaller shards (build_shards.py --shard-size) or lower data.num_workers"
-            )
 
-    def reader_urls(self, role: int) -> list[str]:
-        readers = self.world_size * max(1, self.num_workers)
-        reader = self.rank * max(1, self.num_workers) + role
-        return self.source.urls[reader::readers]
+    def plan(self) -> EpochPlan:
+        return epoch_plan(urls=self.source.urls, counts=self.counts, seed=self.seed, epoch=self.epoch,
+                          world_size=self.world_size, workers=self.num_workers, batch_size=self.batch_size,
+                          batches=self.batches_per_epoch)
 
     def worker_batches(self, role: int) -> int:
         return split_count(self.batches_per_epoch, max(1, self.num_workers), role)
 
     def raw_samples(self, role: int) -> Iterator[dict]:
-        """The infinite raw-sample stream of one reader: resampled own shards, shuffled, undecoded.
+        """One reader's raw samples for the epoch: its pieces in order, shuffled in a buffer, undecoded.
 
         A function of (seed, epoch, rank, role) only, never of process ids or clocks.
         """
         workers = max(1, self.num_workers)
         reader = self.rank * workers + role
-        urls = self.reader_urls(role)
-        expected = ShardSource(urls=urls, manifest=self.source.manifest).expected() if self.verify_checksums else {}
-        seed = mix_seed(self.seed, self.epoch, reader)
-        stages = [
-            wds.ResampledShards(urls, seed=seed, worker_seed=lambda: reader, deterministic=True),
-            _expand(expected),
-        ]
+        pieces = self.plan().pieces(rank=self.rank, role=role)
+        expected = self.source.expected() if self.verify_checksums else {}
+        raw = _read_pieces(pieces, expected=expected, stats=self.stats)
         if self.shuffle_buffer > 0:
             # Shuffled as raw bytes, before decode: the buffer costs memory, not decoding.
-            stages.append(wds.shuffle(bufsize=self.shuffle_buffer, initial=max(1, self.shuffle_buffer // 2), seed=seed))
-        return iter(wds.DataPipeline(*stages))
+            seed = mix_seed(self.seed, self.epoch, reader)
+            raw = wds.filters._shuffle(raw, bufsize=self.shuffle_buffer, initial=max(1, self.shuffle_buffer // 2),
+                                       seed=seed)
+        return iter(raw)
 
     def __iter__(self) -> Iterator[TrainBatch]:
         info = get_worker_info()
@@ -168,6 +261,8 @@ class TrainStream(IterableDataset):
         role = (worker + self.skip_batches) % workers
         total = self.worker_batches(role)
         skip = min(total, consumed_by_worker(self.skip_batches, workers=workers, worker=role))
+        if total == 0:
+            return
         raw = self.raw_samples(role)
         for _ in itertools.islice(raw, skip * self.batch_size):
             pass
@@ -177,17 +272,22 @@ class TrainStream(IterableDataset):
             yield collate([decode_members(m, geometry=geometry) for m in members])
 
 
-def _expand(expected: dict) -> Callable[[Iterable[dict]], Iterator[dict]]:
-    def expand(shards: Iterable[dict]) -> Iterator[dict]:
-        for shard in shards:
-            yield from iter_shard_members(shard["url"], expected=expected.get(shard["url"]))
+def _read_pieces(pieces: list[Piece], *, expected: dict, stats: ReadStats | None) -> Iterator[dict]:
+    """Whole shards stream (and are checked against the manifest's sha256); parts are read by seeking."""
+    for piece in pieces:
+        if piece.whole:
+            yield from iter_shard_members(piece.url, expected=expected.get(piece.url), stats=stats)
+        else:
+            yield from iter_shard_span(piece.url, piece.start, piece.stop, stats=stats)
 
-    return expand
+
+def _one_pass(*, samples: int, world_size: int, batch_size: int) -> int:
+    return max(1, math.ceil(samples / (world_size * batch_size)))
 
 
 def batches_per_epoch(*, samples: int, world_size: int, batch_size: int) -> int:
-    """An epoch is about one pass over the data across all ranks (at least one batch)."""
-    return max(1, samples // (world_size * batch_size))
+    """Per rank: enough batches that every sample is read once in an epoch (the rest is padding)."""
+    return _one_pass(samples=samples, world_size=world_size, batch_size=batch_size)
 
 
 def make_loader(stream: TrainStream, *, pin_memory: bool) -> DataLoader:
