@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import itertools
 import shutil
+from collections import Counter
 
 import pytest
 import torch
 
-from shards.reader import ShardError, resolve
+from shards.reader import ReadStats, ShardError, iter_samples, iter_shard_members, iter_shard_span, resolve, shard_keys
 from shards.schema import Geometry
 from shards.synthetic import write_synthetic_dataset
 from tests.train.conftest import GEOMETRY
@@ -28,37 +28,109 @@ def _stream(source, **overrides) -> TrainStream:
     return TrainStream(**settings)
 
 
-def test_fewer_shards_than_readers_fails_fast(shards_dir):
-    with pytest.raises(DataError, match=r"4 shard\(s\) for 6 readers \(2 process\(es\) x 3 DataLoader worker"):
-        _stream(resolve(str(shards_dir)), world_size=2, num_workers=3)
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory):
+    """13 samples in 2 shards (7 + 6): far fewer shards than 8 ranks x 4 workers."""
+    out = tmp_path_factory.mktemp("two-shards") / "out"
+    write_synthetic_dataset(str(out), geometry=GEOMETRY, samples=13, samples_per_shard=7, seed=5, previews=False)
+    return out
 
 
-def test_every_reader_owns_a_disjoint_slice_of_the_shards(shards_dir):
-    source = resolve(str(shards_dir))
-    owned = [_stream(source, rank=rank, world_size=2, num_workers=2).reader_urls(worker)
-             for rank in range(2) for worker in range(2)]
-    assert all(len(urls) == 1 for urls in owned)
-    assert sorted(itertools.chain(*owned)) == sorted(source.urls)
+def _epoch_keys(source, *, world_size, num_workers, batch_size, epoch=0, seed=0) -> list[list[str]]:
+    """Every reader's raw keys for one epoch, reader by reader (rank-major)."""
+    readers = []
+    for rank in range(world_size):
+        stream = _stream(source, rank=rank, world_size=world_size, num_workers=num_workers, batch_size=batch_size,
+                         batches_per_epoch=None, seed=seed)
+        stream.epoch = epoch
+        for role in range(max(1, num_workers)):
+            keys = [m["__key__"] for m in stream.raw_samples(role)] if stream.worker_batches(role) else []
+            assert len(keys) == stream.worker_batches(role) * batch_size
+            readers.append(keys)
+    return readers
 
 
-def test_each_rank_yields_a_fixed_epoch_from_its_own_shards(shards_dir):
+def test_8x4_readers_on_2_shards_read_every_sample_once_per_epoch_plus_stated_padding(two_shards):
+    """Any ranks x workers on any shard count: one epoch's union is the dataset, each sample once except
+    the padding, which repeats the first samples of the epoch's order."""
+    source = resolve(str(two_shards))
+    dataset = [s["__key__"] for s in iter_samples(str(two_shards), decode=False)]
+    for world_size, workers, batch in [(8, 4, 1), (8, 4, 2), (3, 2, 2), (1, 0, 5)]:
+        readers = _epoch_keys(source, world_size=world_size, num_workers=workers, batch_size=batch)
+        seen = Counter(key for keys in readers for key in keys)
+        stream = _stream(source, world_size=world_size, num_workers=workers, batch_size=batch, batches_per_epoch=None)
+        plan = stream.plan()
+        assert plan.positions == world_size * stream.batches_per_epoch * batch
+        assert 0 <= plan.padding < world_size * batch and plan.padding == sum(seen.values()) - len(dataset)
+        assert set(seen) == set(dataset)
+        order = [s for k in plan.order for s in _keys_of_ordered(source.urls[k])]
+        repeated = order[:plan.padding]
+        assert sorted(k for k, n in seen.items() if n == 2) == sorted(repeated) and max(seen.values()) <= 2
+    # Each rank's batches all exist (no rank runs dry), and ranks get the same count.
+    per_rank = [len(list(_stream(source, rank=r, world_size=8, num_workers=0, batch_size=1,
+                                 batches_per_epoch=None))) for r in range(8)]
+    assert per_rank == [2] * 8
+
+
+def test_epoch_order_is_seeded_and_changes_with_the_epoch(two_shards):
+    source = resolve(str(two_shards))
+    first = _epoch_keys(source, world_size=8, num_workers=4, batch_size=1)
+    assert _epoch_keys(source, world_size=8, num_workers=4, batch_size=1) == first
+    orders = {tuple(_stream(source, batches_per_epoch=None, seed=0).plan().order)}
+    for epoch in range(1, 6):
+        stream = _stream(source, batches_per_epoch=None, seed=0)
+        stream.epoch = epoch
+        orders.add(tuple(stream.plan().order))
+    assert orders == {(0, 1), (1, 0)}  # two shards: both orders occur over a few epochs
+
+
+def test_shared_shards_are_read_by_seeking_and_whole_ones_streamed(two_shards, shards_dir):
+    """8 x 4 readers on 2 shards read little more than the data; readers of whole shards stream them."""
+    source = resolve(str(two_shards))
+    total = sum(r.bytes for r in source.manifest.shards)
+    stats = ReadStats()
+    pieces = []
+    for rank in range(8):
+        stream = _stream(source, rank=rank, world_size=8, num_workers=4, batch_size=1, batches_per_epoch=None,
+                         stats=stats)
+        for role in range(4):
+            pieces += stream.plan().pieces(rank=rank, role=role)
+            list(stream.raw_samples(role)) if stream.worker_batches(role) else None
+    assert not any(p.whole for p in pieces)
+    assert total < stats.bytes < 2 * total  # shared: headers repeat, member data does not
+    plentiful = resolve(str(shards_dir))  # 4 shards of 4, one reader each at batch 4
+    stream = _stream(plentiful, world_size=1, num_workers=0, batch_size=4, batches_per_epoch=None, stats=ReadStats())
+    assert all(p.whole for p in stream.plan().pieces(rank=0, role=0))
+    list(stream.raw_samples(0))
+    assert stream.stats.bytes == sum(r.bytes for r in plentiful.manifest.shards)
+
+
+def test_a_span_is_the_same_samples_as_the_whole_shard_slice(two_shards):
+    url = resolve(str(two_shards)).urls[0]
+    whole = list(iter_shard_members(url))
+    for start, stop in [(0, 7), (0, 1), (3, 5), (6, 7)]:
+        stats = ReadStats()
+        part = list(iter_shard_span(url, start, stop, stats=stats))
+        assert [{k: v for k, v in m.items()} for m in part] == whole[start:stop]
+    assert shard_keys(url) == [m["__key__"] for m in whole]
+    with pytest.raises(ShardError, match=r"train-000000.tar: 7 samples, fewer than the 9"):
+        list(iter_shard_span(url, 5, 9))
+
+
+def _keys_of_ordered(url: str) -> list[str]:
+    return [m["__key__"] for m in iter_shard_members(url)]
+
+
+def test_each_rank_yields_a_fixed_epoch(shards_dir):
     source = resolve(str(shards_dir))
     for rank in range(2):
         stream = _stream(source, rank=rank, world_size=2, batches_per_epoch=7)
         batches = list(stream)
-        assert len(batches) == 7  # more than its two shards hold: resampled, never short
-        own_keys = {key for url in stream.reader_urls(0) for key in _keys_of(url)}
-        assert {key for batch in batches for key in batch.keys} <= own_keys
+        assert len(batches) == 7  # more than one pass holds: the order again, cyclically, never short
         batch = batches[0]
         assert batch.tgt_latent.shape == (2, 8, 8, 8) and batch.tgt_latent.dtype == torch.float16
         assert batch.tgt_pose.shape == (2, 3, 64, 64) and batch.tgt_pose.dtype == torch.uint8
         assert batch.face_ok.dtype == torch.bool and batch.src_clip.shape == (2, GEOMETRY.clip_dim)
-
-
-def _keys_of(url: str) -> set[str]:
-    from shards.reader import iter_samples
-
-    return {s["__key__"] for s in iter_samples([url], decode=False)}
 
 
 def test_epochs_differ_and_repeat_exactly(shards_dir):
@@ -89,7 +161,7 @@ def test_counting_helpers():
     # DataLoader order: batch i from worker i % 2. After 3 batches worker 0 gave 2, worker 1 gave 1.
     assert [consumed_by_worker(3, workers=2, worker=w) for w in range(2)] == [2, 1]
     assert consumed_by_worker(0, workers=3, worker=2) == 0
-    assert batches_per_epoch(samples=101966, world_size=2, batch_size=12) == 4248
+    assert batches_per_epoch(samples=101966, world_size=2, batch_size=12) == 4249  # ceil: one whole pass
     assert batches_per_epoch(samples=3, world_size=2, batch_size=12) == 1
 
 
