@@ -243,6 +243,16 @@ def iter_shard_span(url: str, start: int, stop: int, *, stats: ReadStats | None 
     """
     if not 0 <= start < stop:
         raise ValueError(f"empty or negative span [{start}, {stop}) of {url}")
+    yield from iter_shard_positions(url, range(start, stop), stats=stats)
+
+
+def iter_shard_positions(url: str, positions: range | list[int], *,
+                         stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
+    """The samples at the given sorted positions (file order) of one shard, by seeking, as :func:`iter_shard_span`."""
+    if not len(positions):
+        return
+    wanted = positions if isinstance(positions, range) else set(positions)
+    stop = max(positions) + 1
     stream = _open_counted(url, stats)
     try:
         try:
@@ -265,7 +275,7 @@ def iter_shard_span(url: str, start: int, stop: int, *, stats: ReadStats | None 
                         break
                     seen += 1
                     previous = key
-                    if seen > start:
+                    if seen - 1 in wanted:
                         current = {"__key__": key, "__url__": url}
                 if current is not None:
                     if member in current:

@@ -9,7 +9,9 @@ pair and the seed: its initial noise is drawn from a generator seeded with (seed
 run-wide generator (the reference's test.py draws from one, so its images depend on batch position), and
 with --batch-invariant (the CPU's default) the networks see one pair at a time, so not even float rounding
 depends on the batch size.
-Each process samples its own shards; a rerun skips the pairs whose images all exist.
+Pairs are split across processes by pair (contiguous runs of the manifest's order, pending pairs apart from
+finished ones), so process counts differ by at most one pair; a rerun skips the pairs whose images all
+exist. --keys / --keys-from / --limit sample a subset.
 
 GEN/{H}x{W}/{key}.png at the shards' resolution and at the reference's evaluation sizes (256x176 and
 512x352: bicubic with antialias, truncated to uint8, as test.py), GEN/index.parquet (one row per pair),
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
@@ -45,11 +48,11 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from shards import storage  # noqa: E402
 from shards.manifest import MANIFEST_NAME, ManifestError  # noqa: E402
-from shards.reader import ShardError, ShardSource, pipeline, resolve  # noqa: E402
+from shards.reader import ShardError, iter_shard_members, iter_shard_positions, pipeline, resolve, shard_keys  # noqa: E402
 from shards.schema import split_key  # noqa: E402
 from train.config import FACE_MISSING, ConfigError  # noqa: E402
 from train.convert import ConvertError, LoadedWeights, load_weights  # noqa: E402
-from train.data import collate  # noqa: E402
+from train.data import collate, decode_members, split_count  # noqa: E402
 from train.objective import latent_mean  # noqa: E402
 from train.sampling import (  # noqa: E402
     EVAL_SIZES, decode_images, denoise, evaluation_resize, make_scheduler, pair_noise, to_uint8,
@@ -139,6 +142,18 @@ class SampleOptions:
     projector: Path | None = None
     pose_guider: Path | None = None
     overwrite: bool = False
+    keys: tuple[str, ...] | None = None  # --keys / --keys-from: only these pairs
+    limit: int | None = None
+    timeout: float = 1800.0  # seconds: the process group's collective timeout
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairRef:
+    """Where one pair lives: shard (index in the manifest's list), position in it, key."""
+
+    shard: int
+    position: int
+    key: str
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,15 +185,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--projector", type=Path, default=None, help="Resampler kwargs JSON, for an MCLD checkpoint")
     parser.add_argument("--pose-guider", type=Path, default=None, help="PoseGuider kwargs JSON, for an MCLD checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace a GEN folder made with other settings")
+    subset = parser.add_argument_group("subset (default: every pair of --shards)")
+    subset.add_argument("--keys", default=None, help="comma-separated pair keys: sample only these")
+    subset.add_argument("--keys-from", type=Path, default=None,
+                        help="a file of pair keys, one per line (blank lines and # comments ignored)")
+    subset.add_argument("--limit", type=int, default=None,
+                        help="at most N pairs: the first of the selection in the manifest's order")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="seconds a process may wait in a collective (the process group's timeout; default 1800)")
     return parser
+
+
+def read_keys(*, keys: str | None, keys_from: Path | None) -> tuple[str, ...] | None:
+    """--keys and --keys-from together, in order, without repeats; None when neither is given."""
+    if keys is None and keys_from is None:
+        return None
+    found: list[str] = [k.strip() for k in keys.split(",") if k.strip()] if keys else []
+    if keys_from is not None:
+        try:
+            text = keys_from.read_text(encoding="utf-8")
+        except OSError as error:
+            raise SampleError(f"--keys-from {keys_from}: cannot read: {error}") from error
+        found += [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not found:
+        raise SampleError("--keys / --keys-from name no pair key")
+    for key in found:
+        try:
+            split_key(key)
+        except ValueError as error:
+            raise SampleError(f"--keys: {key!r}: {error}") from error
+    return tuple(dict.fromkeys(found))
 
 
 def parse_options(argv: list[str] | None) -> SampleOptions:
     args = build_parser().parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0:
         raise SampleError("--steps and --batch-size must be positive")
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleOptions)}
-    return SampleOptions(**values)
+    if args.limit is not None and args.limit <= 0:
+        raise SampleError(f"--limit must be positive, got {args.limit}")
+    if args.timeout <= 0:
+        raise SampleError(f"--timeout must be positive, got {args.timeout}")
+    keys = read_keys(keys=args.keys, keys_from=args.keys_from)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleOptions) if f.name != "keys"}
+    return SampleOptions(**values, keys=keys)
 
 
 def _atomic_png(image: np.ndarray, path: Path) -> None:
@@ -199,7 +248,7 @@ def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class Sampler:
-    """One process's share of a sampling run (each process reads its own shards; nothing via rank 0)."""
+    """One process's share of a sampling run (each process reads its own pairs; nothing via rank 0)."""
 
     def __init__(self, options: SampleOptions) -> None:
         from accelerate import PartialState
@@ -207,7 +256,9 @@ class Sampler:
 
         self.options = options
         # As Accelerator does: `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu` means CPU processes (gloo).
-        self.state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+        # The timeout bounds every collective (set explicitly: the backends' defaults differ, 10 to 30 min).
+        self.state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"),
+                                  timeout=datetime.timedelta(seconds=options.timeout))
         self.device = self.state.device
         self.source = resolve(options.shards)
         manifest = self.source.manifest
@@ -303,25 +354,66 @@ class Sampler:
             paths.append(out / EDITS_DIR / f"{key}.png")
         return paths
 
-    def my_urls(self) -> list[str]:
-        return self.source.urls[self.state.process_index::self.state.num_processes]
+    def catalogue(self) -> list[PairRef]:
+        """Every pair of --shards in the manifest's order, from the shards' tar headers (no member data)."""
+        pairs = []
+        for index, url in enumerate(self.source.urls):
+            pairs += [PairRef(shard=index, position=p, key=k) for p, k in enumerate(shard_keys(url))]
+        return pairs
 
-    def _samples(self, rows: list[dict]) -> Iterator[dict]:
-        mine = ShardSource(urls=self.my_urls(), manifest=self.manifest)
-        if not mine.urls:
-            return
-        for sample in pipeline(mine):
-            meta = sample["meta"]
-            rows.append({"key": sample["__key__"], "source_id": meta["source_id"], "target_id": meta["target_id"],
-                         "source_path": meta["source_path"], "target_path": meta["target_path"],
-                         "seed": int(self.options.seed), "face_ok": bool(meta["face_ok"])})
-            if all(p.is_file() for p in self._paths(sample["__key__"])):
-                continue
-            yield sample
+    def selection(self, pairs: list[PairRef]) -> list[PairRef]:
+        """--keys (in the manifest's order, every key must exist), then --limit."""
+        options = self.options
+        if options.keys is not None:
+            wanted = set(options.keys)
+            missing = [k for k in options.keys if k not in {p.key for p in pairs}]
+            if missing:
+                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                raise SampleError(f"--keys: {len(missing)} pair(s) not in {options.shards}: {shown}")
+            pairs = [p for p in pairs if p.key in wanted]
+        if options.limit is not None:
+            pairs = pairs[:options.limit]
+        return pairs
 
-    def _batches(self, rows: list[dict]) -> Iterator[list[dict]]:
+    def assignment(self, pairs: list[PairRef]) -> tuple[list[PairRef], list[PairRef]]:
+        """This process's (pending, finished) pairs: contiguous runs of each list, sizes differing by at most
+        one across processes, whatever the shard layout. Finished pairs are only read for the index."""
+        pending = [p for p in pairs if not all(path.is_file() for path in self._paths(p.key))]
+        pending_keys = {p.key for p in pending}
+        finished = [p for p in pairs if p.key not in pending_keys]
+        rank, world = self.state.process_index, self.state.num_processes
+
+        def block(items: list[PairRef]) -> list[PairRef]:
+            first = sum(split_count(len(items), world, r) for r in range(rank))
+            return items[first:first + split_count(len(items), world, rank)]
+
+        return block(pending), block(finished)
+
+    def _samples(self, mine: list[PairRef], pending: set[str], rows: list[dict]) -> Iterator[dict]:
+        geometry = self.manifest.geometry
+        expected = self.source.expected()
+        by_shard: dict[int, list[int]] = {}
+        for pair in sorted(mine, key=lambda p: (p.shard, p.position)):
+            by_shard.setdefault(pair.shard, []).append(pair.position)
+        for shard, positions in by_shard.items():
+            url = self.source.urls[shard]
+            record = expected.get(url)
+            if record is not None and len(positions) == record.samples:
+                members_stream = iter_shard_members(url, expected=record)  # whole shard: checksummed
+            else:
+                members_stream = iter_shard_positions(url, positions)
+            for members in members_stream:
+                sample = decode_members(members, geometry=geometry)
+                meta = sample["meta"]
+                rows.append({"key": sample["__key__"], "source_id": meta["source_id"], "target_id": meta["target_id"],
+                             "source_path": meta["source_path"], "target_path": meta["target_path"],
+                             "seed": int(self.options.seed), "face_ok": bool(meta["face_ok"])})
+                if sample["__key__"] in pending:
+                    yield sample
+
+    def _batches(self, mine: list[PairRef], pending: set[str], rows: list[dict]) -> Iterator[list[dict]]:
         batch: list[dict] = []
-        for sample in self._samples(rows):
+        for sample in self._samples(mine, pending, rows):
             batch.append(sample)
             if len(batch) == self.options.batch_size:
                 yield batch
@@ -378,11 +470,14 @@ class Sampler:
 
     def run(self) -> dict[str, Any]:
         self._prepare_output()
+        todo, finished = self.assignment(self.selection(self.catalogue()))
+        # Every process has looked at which images exist before any process writes one.
+        self.state.wait_for_everyone()
         rows: list[dict] = []
         done = 0
-        progress = tqdm(desc=f"pairs [rank {self.state.process_index}]", unit="pair",
+        progress = tqdm(total=len(todo), desc=f"pairs [rank {self.state.process_index}]", unit="pair",
                         disable=not self.state.is_local_main_process)
-        for samples in self._batches(rows):
+        for samples in self._batches(todo + finished, {p.key for p in todo}, rows):
             self._sample_batch(samples)
             done += len(samples)
             progress.update(len(samples))
@@ -394,7 +489,13 @@ class Sampler:
         summary = {"rank": self.state.process_index, "sampled": done, "skipped": len(rows) - done}
         if self.state.is_main_process:
             parts = sorted((out / PARTS_DIR).glob("part-*.parquet"))
-            table = pa.concat_tables([pq.read_table(p) for p in parts]).sort_by("key")
+            table = pa.concat_tables([pq.read_table(p) for p in parts])
+            if (out / INDEX_NAME).is_file():  # a subset run keeps the rows of the pairs it did not select
+                earlier = pq.read_table(out / INDEX_NAME)
+                ours = set(table.column("key").to_pylist())
+                kept = [row for row in earlier.to_pylist() if row["key"] not in ours]
+                table = pa.concat_tables([table, pa.Table.from_pylist(kept, schema=INDEX_SCHEMA)])
+            table = table.sort_by("key")
             temporary = out / (INDEX_NAME + ".tmp")
             pq.write_table(table, temporary)
             temporary.replace(out / INDEX_NAME)
