@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--face", type=Path, default=None, help="insightface model folder (detector + recogniser)")
     args = parser.parse_args(argv)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"  # no TF32
     from torchvision.models import alexnet, inception_v3
 
     with tempfile.TemporaryDirectory() as folder:

@@ -275,8 +275,8 @@ class Sampler:
             )
         self.dtype = _torch_dtype(options.dtype, self.device)
         if self.device.type == "cuda" and self.dtype == torch.float32:
-            torch.backends.cuda.matmul.allow_tf32 = False  # parity with the CPU reference
-            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.fp32_precision = "ieee"  # no TF32: parity with the CPU reference
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
         model = self.loaded.model
         model.face_missing = options.face_missing or spec.model.face_missing
         self.model = model.to(self.device, dtype=self.dtype).eval()

@@ -150,4 +150,20 @@ def load_face_analysis(folder: Path, *, device: str):
         raise ModelFileError(f"{folder}: needs a detection and a recognition .onnx model, found "
                              f"{sorted(app.models)}")
     app.prepare(ctx_id=0 if device.startswith("cuda") else -1, det_size=FACE_DET_SIZE)
+    if device.startswith("cuda"):
+        on_cpu = sorted(name for name, model in app.models.items()
+                        if "CUDAExecutionProvider" not in face_session_providers(model))
+        if on_cpu:
+            import onnxruntime
+
+            # Once per load, i.e. once per run: onnxruntime falls back to the CPU without a word.
+            log.warning("--device %s: the face model(s) %s run on the CPU, not the GPU: this onnxruntime offers %s "
+                        "(install onnxruntime-gpu matching the CUDA version for the GPU)", device, ", ".join(on_cpu),
+                        ", ".join(onnxruntime.get_available_providers()))
     return app
+
+
+def face_session_providers(model) -> list[str]:
+    """The execution providers onnxruntime really gave one insightface model's session."""
+    session = getattr(model, "session", None)
+    return list(session.get_providers()) if session is not None else []

@@ -296,12 +296,16 @@ class Evaluation:
 @contextmanager
 def _no_tf32(device: str):
     """TF32 would change features and LPIPS by ~1e-3 relative on GPU; CPU numbers are the reference."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    # torch's current precision API (the allow_tf32 switches are deprecated): "ieee" is full float32.
+    switches = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+    saved = [switch.fp32_precision for switch in switches]
+    for switch in switches:
+        switch.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        for switch, value in zip(switches, saved):
+            switch.fp32_precision = value
 
 
 def evaluate(config: EvaluateConfig) -> Evaluation:
