@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
     shards = parser.add_argument_group("shards")
     shards.add_argument("--shard-size", type=parse_size, default=parse_size("1GB"), help="byte budget per shard (default 1GB)")
-    shards.add_argument("--min-shards", type=int, default=1, help="at least this many shards (one per trainer reader)")
+    shards.add_argument("--min-shards", type=int, default=None,
+                        help="at least this many shards (default: 64, fewer when a shard would hold under 16 samples)")
     shards.add_argument("--seed", type=int, default=0, help="sample shuffle seed (default 0)")
     run = parser.add_argument_group("running")
     run.add_argument("--resume", action="store_true", help="reuse OUT's features (after a kill or a change)")
@@ -89,6 +90,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> JobConfig:
     images, pairs = args.images, args.pairs
     if (images is None) != (pairs is None):
         raise JobError("give both --images and --pairs, or neither (the embedded demo)")
+    if args.min_shards is not None and args.min_shards < 1:
+        raise JobError(f"--min-shards must be at least 1, got {args.min_shards}")
     if images is None:
         from pathlib import Path
 

@@ -21,7 +21,7 @@ class JobConfig:
     address: str | None = None
     split: str = "train"
     seed: int = 0
-    min_shards: int = 1
+    min_shards: int | None = None  # None: pairs.default_min_shards (64 unless samples run out)
     workers: int | None = None
     batch_size: int = 4
     layout: Literal["auto", "fused", "staged"] = "auto"

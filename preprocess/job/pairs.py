@@ -14,6 +14,16 @@ from shards.schema import Geometry, encode_field
 from shards.writer import ShardRecord, ShardWriter, shard_name
 
 META_OVERHEAD = 1024 + 10 * 512  # meta.json plus tar headers, per sample (an estimate for planning only)
+# The default shard floor serves the trainer: 64 shards give 8 GPUs x 4 DataLoader workers about two whole
+# shards per reader (streamed and checksummed whole; only the shards at run boundaries are shared), as long
+# as a shard keeps at least DEFAULT_MIN_SHARD_SAMPLES samples (a smaller dataset gets fewer, larger shards).
+DEFAULT_MIN_SHARDS = 64
+DEFAULT_MIN_SHARD_SAMPLES = 16
+
+
+def default_min_shards(samples: int) -> int:
+    """The shard floor when --min-shards is not given: 64, unless samples run out (16 per shard at least)."""
+    return max(1, min(DEFAULT_MIN_SHARDS, samples // DEFAULT_MIN_SHARD_SAMPLES))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,12 +73,13 @@ def plan_shards(
     split: str,
     seed: int,
     shard_bytes: int,
-    min_shards: int,
+    min_shards: int | None,
 ) -> list[ShardPlan]:
     """Shuffle (seeded, independent of input order) and cut into shards of equal sample counts.
 
     The shard count is the larger of what the byte budget needs (with a 5% margin, since samples differ in
-    size) and ``min_shards`` (trainer readers), and never more than the number of samples.
+    size) and ``min_shards`` (trainer readers; None: :func:`default_min_shards`), and never more than the
+    number of samples.
     """
     if not samples:
         return []
@@ -80,7 +91,8 @@ def plan_shards(
         + META_OVERHEAD
         for s in shuffled
     )
-    count = max(math.ceil(total * 1.05 / shard_bytes), min_shards, 1)
+    floor = default_min_shards(len(shuffled)) if min_shards is None else min_shards
+    count = max(math.ceil(total * 1.05 / shard_bytes), floor, 1)
     count = min(count, len(shuffled))
     bounds = np.linspace(0, len(shuffled), count + 1).round().astype(int)
     return [
