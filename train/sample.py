@@ -156,6 +156,12 @@ class PairRef:
     key: str
 
 
+def contiguous_run(items: list, *, parts: int, index: int) -> list:
+    """Part ``index`` of ``parts`` contiguous runs of ``items`` whose sizes differ by at most one."""
+    first = sum(split_count(len(items), parts, p) for p in range(index))
+    return items[first:first + split_count(len(items), parts, index)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train/sample.py", description=__doc__.split("\n")[0])
     parser.add_argument("--shards", required=True, help="output folder of build_shards.py (with manifest.json)")
@@ -382,12 +388,7 @@ class Sampler:
         pending_keys = {p.key for p in pending}
         finished = [p for p in pairs if p.key not in pending_keys]
         rank, world = self.state.process_index, self.state.num_processes
-
-        def block(items: list[PairRef]) -> list[PairRef]:
-            first = sum(split_count(len(items), world, r) for r in range(rank))
-            return items[first:first + split_count(len(items), world, rank)]
-
-        return block(pending), block(finished)
+        return contiguous_run(pending, parts=world, index=rank), contiguous_run(finished, parts=world, index=rank)
 
     def _samples(self, mine: list[PairRef], pending: set[str], rows: list[dict]) -> Iterator[dict]:
         geometry = self.manifest.geometry

@@ -19,6 +19,7 @@ from shards.reader import iter_samples, resolve
 from shards.synthetic import write_synthetic_dataset
 from tests.train.conftest import GEOMETRY, add_vae_record, write_config, write_tiny_vae
 from train.data import TrainStream
+from train.sample import contiguous_run
 from train.sample import main as sample_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,3 +159,12 @@ def _tiny_weights(shards: Path, tmp_path: Path) -> Path:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
     return tmp_path / "run" / "checkpoint-1"
+
+
+def test_pairs_are_split_in_contiguous_runs_that_differ_by_at_most_one():
+    """The sampler's split: no process idles while another has more than one pair more to do."""
+    for count, parts in [(9, 8), (8570, 8), (3, 8), (0, 2), (17, 3)]:
+        items = list(range(count))
+        runs = [contiguous_run(items, parts=parts, index=i) for i in range(parts)]
+        assert [x for run in runs for x in run] == items
+        assert max(map(len, runs)) - min(map(len, runs)) <= 1
