@@ -98,7 +98,8 @@ class FaceEmbedder:
             raise RuntimeError(
                 f"face: device {device!r} asked onnxruntime {onnxruntime.__version__} for {CUDA}, but the sessions "
                 f"run on {active} (available: {onnxruntime.get_available_providers()}); install the onnxruntime-gpu "
-                "build that matches this CUDA, or set the face device to 'cpu'"
+                "build that matches this CUDA (`pip install -e .[gpu]`, docs/CLUSTER.md 'GPU nodes'), or "
+                "run the face stage on the CPU (build_shards.py --stage-device face=cpu)"
             )
         self.provider = next(iter(active.values()))
         self.det_size = det_size
