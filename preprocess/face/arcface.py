@@ -71,6 +71,9 @@ class FaceEmbedder:
             folder, detector_file=detector_file, recognizer_file=recognizer_file
         )
         providers, options = onnx_providers(device)
+        if providers[0] == CUDA and hasattr(onnxruntime, "preload_dlls"):
+            # onnxruntime-gpu finds the CUDA and cuDNN libraries torch's wheels installed (nvidia-* packages)
+            onnxruntime.preload_dlls()
         session_options = onnxruntime.SessionOptions()
         session_options.intra_op_num_threads = threads
         kwargs = {"providers": providers, "provider_options": options, "sess_options": session_options}
