@@ -42,6 +42,20 @@ def timing_column(name: str) -> str:
     return f"seconds_{name}"
 
 
+PLACED_PREFIX = "placed_"  # placed_{stage}: where the stage ran, "NODE_ID" or "NODE_ID/gpu:IDS" (stats.json)
+
+
+def placement() -> str:
+    """This Ray worker's node and the GPU ids Ray assigned it; "" outside Ray (then no column is added)."""
+    import ray
+
+    if not ray.is_initialized():
+        return ""
+    node = ray.get_runtime_context().get_node_id()
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+    return f"{node}/gpu:{gpus}" if gpus else node
+
+
 class StageChain:
     """The stages of one Ray worker. In the fused layout that is every stage; in the staged one, one.
 
@@ -58,6 +72,7 @@ class StageChain:
         cv2.setNumThreads(threads)
         self.specs = specs
         self.stages = [(spec.name, spec.cls(config=spec.config)) for spec in specs]
+        self.placement = placement()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _maybe_kill_self()
@@ -67,6 +82,9 @@ class StageChain:
             elapsed = time.perf_counter() - start
             n = max(batch_len(batch), 1)
             batch[timing_column(name)] = np.full(batch_len(batch), elapsed / n, np.float64)
+        if self.placement:
+            for name, _ in self.stages:
+                batch[PLACED_PREFIX + name] = np.full(batch_len(batch), self.placement, dtype=object)
         return batch
 
 

@@ -226,12 +226,18 @@ def make_plan(*, layout: str, devices: StageDevices, resources: dict[str, float]
     # GPU shares: per GPU, one actor of each GPU-placed stage, each with a share in proportion to its cost,
     # so that they all keep pace (share / cost is the same images per second for each).
     total = sum(GPU_SECONDS[s] for s in placed)
-    shares = {s: math.floor(GPU_SECONDS[s] / total / GPU_SHARE_STEP) * GPU_SHARE_STEP for s in placed}
+    shares = {s: _floor(GPU_SECONDS[s] / total) for s in placed}
     per_gpu_rate = 1.0 / total if total else 0.0  # images per second one GPU gets through
+    # CPUs: a GPU actor wants 1 (face 2); where that is more than half of each GPU's CPUs, they get shares of
+    # that half (the rest stays for the CPU stages). Other pools and tasks: 1 CPU, or a ninth of the CPUs on
+    # a small machine (every operator must be able to run at once).
+    desired = {s: float(FACE_GPU_ACTOR_CPUS if s == "face" else 1) for s in placed}
+    scale = min(1.0, cpus / gpu_count / 2 / sum(desired.values())) if gpu_count else 1.0
+    share = min(1.0, _floor(cpus / (len(STAGES) + 1)))
     slot_cpus = 0.0
     for name in STAGES:
         if name in placed:
-            actor_cpus = float(FACE_GPU_ACTOR_CPUS if name == "face" else 1)
+            actor_cpus = _floor(desired[name] * scale)
             slot_cpus += actor_cpus
             low = workers or gpu_count
             stages.append(StagePlan(
@@ -246,22 +252,27 @@ def make_plan(*, layout: str, devices: StageDevices, resources: dict[str, float]
             why = (f"on the CPU ({devices.reasons[name]})" if stage_device[name] == "cpu"
                    else "on CUDA, no GPUs declared to Ray")
             stages.append(StagePlan(name=name, device=stage_device[name], kind="actors",
-                                    actors=[workers or 1, None], cpus=1.0, gpus=0.0, batch_size=batch_size,
+                                    actors=[workers or 1, None], cpus=share, gpus=0.0, batch_size=batch_size,
                                     why=f"{why}: an autoscaling CPU actor pool, one thread per actor"))
         else:
             need = CPU_SECONDS[name] * per_gpu_rate * gpu_count if gpu_count else None
             why = ("CPU tasks, as many as free CPUs allow"
                    + (f"; ~{need:.1f} CPUs keep the GPU stages fed ({CPU_SECONDS[name]} s/img at "
                       f"{per_gpu_rate * gpu_count:.0f} img/s)" if need else ""))
-            stages.append(StagePlan(name=name, device="cpu", kind="tasks", actors=[1, None], cpus=1.0, gpus=0.0,
+            stages.append(StagePlan(name=name, device="cpu", kind="tasks", actors=[1, None], cpus=share, gpus=0.0,
                                     batch_size=batch_size, why=why))
     if gpu_count:
         needed = slot_cpus * gpu_count + sum(CPU_SECONDS[n] for n in CPU_SECONDS) * per_gpu_rate * gpu_count
         if needed > cpus:
             notes.append(f"the GPU stages could use ~{needed:.0f} CPUs and the cluster has {cpus:g}: the CPU "
                          "stages (texture above all) will set the pace; give GPU nodes more CPUs")
-    return Plan(layout="staged", cluster=cluster, stages=stages, gpu_slots=gpu_count, slot_cpus=slot_cpus,
+    return Plan(layout="staged", cluster=cluster, stages=stages, gpu_slots=gpu_count, slot_cpus=round(slot_cpus, 4),
                 notes=notes)
+
+
+def _floor(value: float) -> float:
+    """Down to GPU_SHARE_STEP (at least one step): sums of shares never exceed what they were cut from."""
+    return round(max(GPU_SHARE_STEP, math.floor(round(value / GPU_SHARE_STEP, 6)) * GPU_SHARE_STEP), 4)
 
 
 def _fused_plan(*, cluster, placed, stage_device, batch_size, workers) -> Plan:

@@ -57,7 +57,7 @@ def test_stage_device_override():
 def test_plan_fills_every_gpu_in_proportion_to_cost(nodes):
     gpus = 8 * nodes
     devices = resolve_devices(requested="auto", overrides={}, caps=caps(cuda=8, onnx_cuda=True))
-    plan = make_plan(layout="auto", devices=devices, resources={"CPU": 32.0 * nodes, "GPU": float(gpus)},
+    plan = make_plan(layout="auto", devices=devices, resources={"CPU": 96.0 * nodes, "GPU": float(gpus)},
                      nodes=nodes, batch_size=8, workers=None)
     assert plan.layout == "staged" and [s.name for s in plan.stages] == list(STAGES)
     placed = [s for s in plan.stages if s.gpus]

@@ -1,0 +1,93 @@
+"""The real job on a local Ray cluster that declares GPUs (`ray start --head --num-gpus 4`) without CUDA: every
+stage computes on the CPU by the capability check while Ray places the torch stages as GPU actors."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from shards.verify import verify_output
+from tests.preprocess.job.conftest import shard_bytes
+from tests.preprocess.job.test_cluster import free_port, stop_head, wait_for_dashboard
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def start_node(ray: str, *args: str, env: dict, temp_dir: str) -> subprocess.Popen:
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+    return subprocess.Popen([ray, "start", *args, "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", *ports,
+                             "--block"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_job_on_declared_gpus_uses_every_gpu_and_a_joining_node(demo_inputs, model_cache, tmp_path):
+    """Every declared GPU id hosts an actor of each GPU-placed stage (stats.json records where each stage ran);
+    a node that joins while the job runs (`ray start --address ... --num-gpus 2`) gets work; the shards verify
+    and are byte-identical to a plain CPU run with the same batch settings."""
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
+    images, pairs = demo_inputs
+    temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    common = ["--images", str(images), "--pairs", str(pairs), "--models", "tiny", "--no-progress",
+              "--shard-size", "1.2MB", "--seed", "7", "--batch-size", "1"]
+    script = str(ROOT / "preprocess" / "build_shards.py")
+    head = start_node(ray, "--head", f"--port={port}", "--num-cpus=4", "--num-gpus=4", "--include-dashboard=false",
+                      f"--ray-client-server-port={free_port()}", env=env, temp_dir=temp_dir)
+    joined = None
+    out = tmp_path / "gpus"
+    try:
+        wait_for_dashboard(port, head)
+        job = subprocess.Popen([sys.executable, script, *common, "--out", str(out), "--address", f"127.0.0.1:{port}"],
+                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # The second node joins once the plan is made (the log says the layout), while the features run.
+        log = out / "build_shards.log"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and job.poll() is None:
+            if log.exists() and "staged layout" in log.read_text():
+                break
+            time.sleep(0.5)
+        joined = start_node(ray, f"--address=127.0.0.1:{port}", "--num-cpus=2", "--num-gpus=2", env=env,
+                            temp_dir=temp_dir)
+        output, _ = job.communicate(timeout=900)
+        assert job.returncode == 0, output[-6000:]
+    finally:
+        if joined is not None:
+            stop_head(joined)
+        stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+    assert verify_output(str(out), progress=False).ok
+    stats = json.loads((out / "stats.json").read_text())["stages"]
+    for stage in ("densepose", "vae", "clip"):
+        by_node: dict[str, set[str]] = {}
+        for key in stats[stage]["placed"]:
+            node, _, gpus = key.partition("/gpu:")
+            by_node.setdefault(node, set()).update(gpus.split(","))
+        # every GPU the head declared hosted an actor of the stage (the joining node has two)
+        assert any({"0", "1", "2", "3"} <= ids for ids in by_node.values()), (stage, stats[stage]["placed"])
+    nodes = {key.split("/")[0] for s in stats.values() for key in s["placed"]}
+    assert len(nodes) == 2, stats  # the joining node received work
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["settings"]["stage_devices"].values()) == {"cpu"}
+    assert "CUDAExecutionProvider" in manifest["settings"]["stage_device_reasons"]["face"]
+
+    # The same inputs and batch settings on the plain local CPU Ray: the same bytes.
+    plain = tmp_path / "cpu"
+    from preprocess.build_shards import main
+
+    assert main([*common, "--out", str(plain), "--device", "cpu", "--local-cpus", "2"]) == 0
+    assert shard_bytes(out) == shard_bytes(plain) and shard_bytes(out)
