@@ -126,3 +126,27 @@ def test_dry_run_against_a_head_declaring_8_gpus(tmp_path):
     assert CUDA_PROVIDER in stages["face"]["why"]
     assert plan["placement_group"]["bundles"] == 8
     assert not out.exists()  # nothing computed, nothing written
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _torch_cuda(), reason="CUDA-only: the capability check where torch has CUDA")
+def test_capabilities_here_put_the_torch_stages_on_cuda():
+    from preprocess.job.plan import capabilities_here
+
+    found = capabilities_here()
+    devices = resolve_devices(requested="cuda", overrides={}, caps=found)
+    assert devices.devices["densepose"] == devices.devices["vae"] == devices.devices["clip"] == "cuda"
+    assert devices.devices["face"] == ("cuda" if found.onnx_cuda else "cpu")
+
+
+@pytest.mark.skipif(_torch_cuda(), reason="needs a machine without CUDA: --device cuda refused there")
+def test_device_cuda_is_refused_on_this_machine_without_cuda():
+    from preprocess.job.plan import capabilities_here
+
+    with pytest.raises(JobError, match="has no CUDA device"):
+        resolve_devices(requested="cuda", overrides={}, caps=capabilities_here())
