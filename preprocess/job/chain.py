@@ -43,6 +43,19 @@ def timing_column(name: str) -> str:
 
 
 PLACED_PREFIX = "placed_"  # placed_{stage}: where the stage ran, "NODE_ID" or "NODE_ID/gpu:IDS" (stats.json)
+# Every worker that builds a stage says where it is in Ray's internal key-value store, key JOB_ID/STAGE/WORKER_ID
+# in this namespace (stats.json counts rows, so a started actor that got no batch would not show there).
+PLACED_NAMESPACE = "mcld-data-placed"
+
+
+def register_placement(names: list[str], where: str) -> None:
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    context = ray.get_runtime_context()
+    worker = context.get_actor_id() or context.get_worker_id()
+    for name in names:
+        _internal_kv_put(f"{context.get_job_id()}/{name}/{worker}", where, namespace=PLACED_NAMESPACE)
 
 
 def placement() -> str:
@@ -73,6 +86,8 @@ class StageChain:
         self.specs = specs
         self.stages = [(spec.name, spec.cls(config=spec.config)) for spec in specs]
         self.placement = placement()
+        if self.placement:
+            register_placement([spec.name for spec in specs], self.placement)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _maybe_kill_self()

@@ -20,15 +20,27 @@ from tests.preprocess.job.conftest import shard_bytes
 from tests.preprocess.job.test_cluster import free_port, stop_head, wait_for_dashboard
 
 ROOT = Path(__file__).resolve().parents[3]
+READ_PLACEMENTS = """
+import json, sys
+import ray
+from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+from preprocess.job.chain import PLACED_NAMESPACE
+ray.init(address=sys.argv[1], log_to_driver=False)
+hosted = {}
+for key in _internal_kv_list("", namespace=PLACED_NAMESPACE):
+    stage = key.decode().split("/")[1]
+    hosted.setdefault(stage, []).append(_internal_kv_get(key, namespace=PLACED_NAMESPACE).decode())
+print(json.dumps(hosted))
+"""
 
 
-def start_node(ray: str, *args: str, env: dict, temp_dir: str) -> subprocess.Popen:
+def start_node(ray: str, *args: str, env: dict, temp_dir: str, log: Path) -> subprocess.Popen:
     ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
              f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
              f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
     return subprocess.Popen([ray, "start", *args, "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", *ports,
-                             "--block"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--block"], env=env, start_new_session=True, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
@@ -46,7 +58,8 @@ def test_job_on_declared_gpus_uses_every_gpu_and_a_joining_node(demo_inputs, mod
               "--shard-size", "1.2MB", "--seed", "7", "--batch-size", "1"]
     script = str(ROOT / "preprocess" / "build_shards.py")
     head = start_node(ray, "--head", f"--port={port}", "--num-cpus=4", "--num-gpus=4", "--include-dashboard=false",
-                      f"--ray-client-server-port={free_port()}", env=env, temp_dir=temp_dir)
+                      f"--ray-client-server-port={free_port()}", env=env, temp_dir=temp_dir,
+                      log=tmp_path / "head.log")
     joined = None
     out = tmp_path / "gpus"
     try:
@@ -61,9 +74,15 @@ def test_job_on_declared_gpus_uses_every_gpu_and_a_joining_node(demo_inputs, mod
                 break
             time.sleep(0.5)
         joined = start_node(ray, f"--address=127.0.0.1:{port}", "--num-cpus=2", "--num-gpus=2", env=env,
-                            temp_dir=temp_dir)
+                            temp_dir=temp_dir, log=tmp_path / "joined.log")
         output, _ = job.communicate(timeout=900)
         assert job.returncode == 0, output[-6000:]
+        assert joined.poll() is None, (tmp_path / "joined.log").read_text()[-3000:]
+        # Where every stage's workers were built, as they registered it (preprocess/job/chain.py).
+        read = subprocess.run([sys.executable, "-c", READ_PLACEMENTS, f"127.0.0.1:{port}"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert read.returncode == 0, read.stderr[-3000:]
+        hosted = json.loads(read.stdout.strip().splitlines()[-1])
     finally:
         if joined is not None:
             stop_head(joined)
@@ -74,13 +93,15 @@ def test_job_on_declared_gpus_uses_every_gpu_and_a_joining_node(demo_inputs, mod
     stats = json.loads((out / "stats.json").read_text())["stages"]
     for stage in ("densepose", "vae", "clip"):
         by_node: dict[str, set[str]] = {}
-        for key in stats[stage]["placed"]:
-            node, _, gpus = key.partition("/gpu:")
+        for where in hosted[stage]:
+            node, _, gpus = where.partition("/gpu:")
             by_node.setdefault(node, set()).update(gpus.split(","))
         # every GPU the head declared hosted an actor of the stage (the joining node has two)
-        assert any({"0", "1", "2", "3"} <= ids for ids in by_node.values()), (stage, stats[stage]["placed"])
-    nodes = {key.split("/")[0] for s in stats.values() for key in s["placed"]}
-    assert len(nodes) == 2, stats  # the joining node received work
+        assert any({"0", "1", "2", "3"} <= ids for ids in by_node.values()), (stage, hosted[stage])
+    assert "/gpu:" not in " ".join(hosted["face"])  # no CUDA provider here: the face stage is off the GPUs
+    rows_on = {key.split("/")[0] for s in stats.values() for key in s["placed"]}
+    built_on = {where.split("/")[0] for places in hosted.values() for where in places}
+    assert len(built_on) == 2 and len(rows_on) == 2, (hosted, stats)  # the joining node received work
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["settings"]["stage_devices"].values()) == {"cpu"}
     assert "CUDAExecutionProvider" in manifest["settings"]["stage_device_reasons"]["face"]
