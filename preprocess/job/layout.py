@@ -225,7 +225,7 @@ def decide_devices(config: JobConfig) -> StageDevices:
     overrides = parse_stage_devices(config.stage_device)
     if config.device == "cpu" and "cuda" not in overrides.values():
         return resolve_devices(requested="cpu", overrides=overrides, caps=None)
-    caps = _capabilities(config)
+    caps = _capabilities(config, want_gpu=config.device == "cuda" or "cuda" in overrides.values())
     devices = resolve_devices(requested=config.device, overrides=overrides, caps=caps)
     for stage, device in devices.devices.items():
         if device == "cpu" and devices.reasons[stage] != "--stage-device":
@@ -234,15 +234,15 @@ def decide_devices(config: JobConfig) -> StageDevices:
     return devices
 
 
-def _capabilities(config: JobConfig) -> Capabilities:
+def _capabilities(config: JobConfig, *, want_gpu: bool) -> Capabilities:
     import ray
 
     if ray.is_initialized():
-        return cluster_capabilities()
+        return cluster_capabilities(want_gpu=want_gpu)
     if config.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=config.address, runtime_env=ray_runtime_env(), log_to_driver=False)
         try:
-            return cluster_capabilities()
+            return cluster_capabilities(want_gpu=want_gpu)
         finally:
             ray.shutdown()
     return capabilities_here(where="this machine")

@@ -80,12 +80,14 @@ def _capabilities_on_worker() -> Capabilities:
     return capabilities_here(where=f"a Ray worker on {socket.gethostname()}")
 
 
-def cluster_capabilities() -> Capabilities:
-    """Ask one worker of the joined cluster: on a GPU node (a GPU share) where the cluster declares GPUs."""
+def cluster_capabilities(*, want_gpu: bool = False) -> Capabilities:
+    """Ask one worker of the joined cluster: on a GPU node (a GPU share) where the cluster declares GPUs, or
+    where CUDA was asked for (``want_gpu``: on an autoscaling cluster without GPU nodes yet, the question
+    waits for the autoscaler to start one)."""
     import ray
 
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    resources = {"num_gpus": GPU_SHARE_STEP, "num_cpus": 0} if gpus else {"num_cpus": 0}
+    resources = {"num_gpus": GPU_SHARE_STEP, "num_cpus": 0} if gpus or want_gpu else {"num_cpus": 0}
     return ray.get(ray.remote(max_retries=1, **resources)(_capabilities_on_worker).remote())
 
 
