@@ -28,6 +28,7 @@ if (sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath
 from preprocess.job.inputs import InputError  # noqa: E402
 from preprocess.job.report import format_table  # noqa: E402
 from preprocess.job.config import JobConfig, JobError  # noqa: E402
+from preprocess.job.layout import plan_job  # noqa: E402
 from preprocess.job.run import run_job  # noqa: E402
 from preprocess.models import ModelsError, read_models_file  # noqa: E402
 from shards import storage  # noqa: E402
@@ -78,7 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
     run.add_argument("--layout", choices=("auto", "fused", "staged"), default="auto",
                      help="fused: every stage in each worker (default on CPUs); staged: a pool per model stage (default on GPUs)")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where models run (default: cuda when the driver sees a GPU)")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="where models run: auto (default) CUDA where the workers' runtimes have it (torch for "
+                          "DensePose/VAE/CLIP, onnxruntime's CUDA provider for the face stage), else the CPU; cuda "
+                          "is refused where torch has no CUDA")
+    run.add_argument("--stage-device", action="append", default=[], metavar="STAGE=DEVICE",
+                     help="one model stage's device (densepose, face, vae, clip = cpu or cuda), e.g. face=cpu; "
+                          "repeatable")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the devices and the resource plan on the cluster as JSON and exit (nothing computed)")
     run.add_argument("--gpu-dtype", choices=("float32", "bfloat16"), default="float32", help="model precision on GPUs")
     run.add_argument("--local-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -120,6 +129,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> JobConfig:
         layout=args.layout,
         device=args.device,
         gpu_dtype=args.gpu_dtype,
+        stage_device=tuple(args.stage_device),
         pose_resize=args.pose_resize,
         person_policy=args.person_policy,
         previews=args.previews,
@@ -146,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = config_from_args(args, argv)
+        if args.dry_run:  # the plan only: no models, no inputs, no output folder
+            print(json.dumps(plan_job(config), indent=1))
+            return 0
         if config.models != "tiny":
             read_models_file(config.models)  # a bad models file is refused before --out is touched
         check_stores(config)

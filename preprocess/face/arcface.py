@@ -71,6 +71,9 @@ class FaceEmbedder:
             folder, detector_file=detector_file, recognizer_file=recognizer_file
         )
         providers, options = onnx_providers(device)
+        if providers[0] == CUDA and hasattr(onnxruntime, "preload_dlls"):
+            # onnxruntime-gpu finds the CUDA and cuDNN libraries torch's wheels installed (nvidia-* packages)
+            onnxruntime.preload_dlls()
         session_options = onnxruntime.SessionOptions()
         session_options.intra_op_num_threads = threads
         kwargs = {"providers": providers, "provider_options": options, "sess_options": session_options}
@@ -98,7 +101,8 @@ class FaceEmbedder:
             raise RuntimeError(
                 f"face: device {device!r} asked onnxruntime {onnxruntime.__version__} for {CUDA}, but the sessions "
                 f"run on {active} (available: {onnxruntime.get_available_providers()}); install the onnxruntime-gpu "
-                "build that matches this CUDA, or set the face device to 'cpu'"
+                "build that matches this CUDA (`pip install -e .[gpu]`, docs/CLUSTER.md 'GPU nodes'), or "
+                "run the face stage on the CPU (build_shards.py --stage-device face=cpu)"
             )
         self.provider = next(iter(active.values()))
         self.det_size = det_size

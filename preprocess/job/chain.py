@@ -42,6 +42,33 @@ def timing_column(name: str) -> str:
     return f"seconds_{name}"
 
 
+PLACED_PREFIX = "placed_"  # placed_{stage}: where the stage ran, "NODE_ID" or "NODE_ID/gpu:IDS" (stats.json)
+# Every worker that builds a stage says where it is in Ray's internal key-value store, key JOB_ID/STAGE/WORKER_ID
+# in this namespace (stats.json counts rows, so a started actor that got no batch would not show there).
+PLACED_NAMESPACE = "mcld-data-placed"
+
+
+def register_placement(names: list[str], where: str) -> None:
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    context = ray.get_runtime_context()
+    worker = context.get_actor_id() or context.get_worker_id()
+    for name in names:
+        _internal_kv_put(f"{context.get_job_id()}/{name}/{worker}", where, namespace=PLACED_NAMESPACE)
+
+
+def placement() -> str:
+    """This Ray worker's node and the GPU ids Ray assigned it; "" outside Ray (then no column is added)."""
+    import ray
+
+    if not ray.is_initialized():
+        return ""
+    node = ray.get_runtime_context().get_node_id()
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+    return f"{node}/gpu:{gpus}" if gpus else node
+
+
 class StageChain:
     """The stages of one Ray worker. In the fused layout that is every stage; in the staged one, one.
 
@@ -58,6 +85,9 @@ class StageChain:
         cv2.setNumThreads(threads)
         self.specs = specs
         self.stages = [(spec.name, spec.cls(config=spec.config)) for spec in specs]
+        self.placement = placement()
+        if self.placement:
+            register_placement([spec.name for spec in specs], self.placement)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _maybe_kill_self()
@@ -67,6 +97,9 @@ class StageChain:
             elapsed = time.perf_counter() - start
             n = max(batch_len(batch), 1)
             batch[timing_column(name)] = np.full(batch_len(batch), elapsed / n, np.float64)
+        if self.placement:
+            for name, _ in self.stages:
+                batch[PLACED_PREFIX + name] = np.full(batch_len(batch), self.placement, dtype=object)
         return batch
 
 

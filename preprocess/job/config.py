@@ -27,6 +27,7 @@ class JobConfig:
     layout: Literal["auto", "fused", "staged"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpu_dtype: Literal["float32", "bfloat16"] = "float32"
+    stage_device: tuple[str, ...] = ()  # --stage-device STAGE=DEVICE overrides (preprocess/job/plan.py)
     pose_resize: Literal["mcld", "nearest"] = "mcld"
     person_policy: Literal["top_score", "largest_box"] = "top_score"
     previews: bool = True

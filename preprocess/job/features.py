@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from preprocess.common import STATUS_OK, batch_len
+from preprocess.job.chain import PLACED_PREFIX
 from shards import storage
 from shards.schema import encode_field
 
@@ -273,7 +274,7 @@ class FeatureWriterStage:
     """The last stage: writes the batch's rows to the feature table and returns only the bookkeeping,
     so images, latents and embeddings never travel back to the driver."""
 
-    KEEP = ("image_id", "content_hash", "status", "reject_stage", "detail")
+    KEEP = ("image_id", "content_hash", "status", "reject_stage", "detail")  # + timings and placements
 
     def __init__(self, *, config: FeatureWriterConfig) -> None:
         self.config = config
@@ -283,6 +284,6 @@ class FeatureWriterStage:
         name = storage.retry_transient(lambda: write_feature_file(self.config.directory, table),
                                        what=f"a feature file in {self.config.directory}")
         out = {k: np.asarray(batch[k], dtype=object) for k in self.KEEP}
-        out.update({k: v for k, v in batch.items() if k.startswith("seconds_")})
+        out.update({k: v for k, v in batch.items() if k.startswith(("seconds_", PLACED_PREFIX))})
         out["feature_file"] = np.full(batch_len(batch), name, dtype=object)
         return out

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,13 @@ from preprocess.job.config import JobConfig
 from preprocess.job.decode import DecodeConfig, DecodeStage
 from preprocess.job.features import FeatureWriterConfig, FeatureWriterStage
 from preprocess.job.resize import ResizeConfig, ResizeStage
+from preprocess.job.plan import (Capabilities, Plan, StageDevices, capabilities_here, cluster_capabilities,
+                                 make_plan, parse_stage_devices, ray_nodes_alive, resolve_devices)
 from preprocess.job.specs import model_fingerprint, part_masks_sha256, probe, stage_specs
 from preprocess.models import ModelPaths, resolve_models
 
 GPU_STAGES = ("densepose", "face", "vae", "clip")
+logger = logging.getLogger(__name__)
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -43,7 +47,7 @@ def ray_runtime_env() -> dict[str, Any]:
 class Pipeline:
     specs: list[StageSpec]  # the model and CPU stages, in order, without the feature writer
     layout: str  # "fused" or "staged" once bound; may be "auto" before
-    device: str
+    devices: StageDevices  # the device each model stage computes on (preprocess/job/plan.py)
     batch_size: int
     previews: bool
     requested_workers: int | None = None
@@ -51,52 +55,62 @@ class Pipeline:
     gpus: float = 0.0
     cpus: float = 0.0
     writer: StageSpec | None = None
+    plan: Plan | None = None
+
+    @property
+    def device(self) -> str:
+        """"cuda" when any model stage computes on CUDA, else "cpu"."""
+        return "cuda" if self.devices.any_cuda() else "cpu"
 
     @property
     def stage_names(self) -> list[str]:
         return [s.name for s in self.specs] + ["features"]
 
-    def bind(self, *, directory: str, ray_resources: dict[str, float]) -> None:
-        """Fix the feature folder, the layout and the worker count against the cluster actually joined."""
+    def bind(self, *, directory: str, ray_resources: dict[str, float], nodes: int = 1) -> None:
+        """Fix the feature folder and the plan (layout, pools, shares) against the cluster actually joined."""
         self.writer = StageSpec(name="features", cls=FeatureWriterStage,
                                 config=FeatureWriterConfig(directory=directory, previews=self.previews))
         self.cpus = float(ray_resources.get("CPU", 1))
         self.gpus = float(ray_resources.get("GPU", 0))
-        if self.layout == "auto":
-            self.layout = "staged" if self.device == "cuda" else "fused"
-        if self.layout == "fused":
-            self.workers = self.requested_workers or max(1, int(self.cpus))
-        else:
-            self.workers = self.requested_workers or max(1, int(self.gpus) if self.device == "cuda" else 1)
+        self.plan = make_plan(layout=self.layout, devices=self.devices, resources=ray_resources, nodes=nodes,
+                              batch_size=self.batch_size, workers=self.requested_workers)
+        self.layout = self.plan.layout
+        self.workers = int(self.plan.stage("densepose").actors[0])
 
     def apply(self, dataset, *, blocks: int):
-        """Add the stages to a dataset of ``blocks`` input blocks (no more actors than blocks)."""
+        """Add the stages to a dataset of ``blocks`` input blocks (no more actors than blocks to start with)."""
         import ray
 
-        size = max(1, min(self.workers, blocks))
-
+        plan = self.plan
         chain = self.specs + [self.writer]
-        if self.layout == "fused":
+        if plan.layout == "fused":
+            pool = plan.stage("densepose")
             return dataset.map_batches(
                 StageChain,
                 fn_constructor_kwargs={"specs": chain, "threads": 1},
                 batch_size=self.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=size),
-                num_cpus=1,
-                num_gpus=(self.gpus / size) if self.device == "cuda" else 0,
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(pool.actors[0], blocks))),
+                num_cpus=pool.cpus,
+                num_gpus=pool.gpus,
             )
-        # Staged: model stages are actor pools (sharing each GPU), the others are tasks.
-        operators = len(chain) + 1
-        share = min(1.0, self.cpus / operators)
+        # Staged: model stages are autoscaling actor pools (GPU-placed ones one per GPU at least, each GPU
+        # holding one of each through a placement group), the CPU stages tasks.
+        slots = GpuSlots.reserve(plan) if plan.gpu_slots else None
         for spec in chain:
-            if spec.name in GPU_STAGES:
-                extra = {"num_gpus": 1.0 / len(GPU_STAGES)} if self.device == "cuda" else {}
+            stage = plan.stage(PLAN_NAMES.get(spec.name, spec.name))
+            if stage.kind == "actors":
+                extra: dict[str, Any] = {}
+                low = max(1, min(int(stage.actors[0]), blocks))
+                if stage.gpu_placed and slots is not None:
+                    low = max(1, min(int(stage.actors[0]), slots.count))
+                    extra["ray_remote_args_fn"] = slots.assigner()
                 dataset = dataset.map_batches(
                     StageChain,
                     fn_constructor_kwargs={"specs": [spec], "threads": 1},
                     batch_size=self.batch_size,
-                    compute=ray.data.ActorPoolStrategy(size=size),
-                    num_cpus=share,
+                    compute=ray.data.ActorPoolStrategy(min_size=low, max_size=stage.actors[1]),
+                    num_cpus=stage.cpus,
+                    num_gpus=stage.gpus,
                     **extra,
                 )
             else:
@@ -104,28 +118,80 @@ class Pipeline:
                     run_chain_task,
                     fn_kwargs={"specs": [spec], "threads": 1},
                     batch_size=self.batch_size,
-                    num_cpus=share,
+                    num_cpus=stage.cpus,
                 )
         return dataset
 
     def describe(self) -> str:
         gpus = f", {self.gpus:g} GPUs" if self.gpus else ""
-        return (f"{self.layout} layout, {self.workers} workers, device {self.device}, batch {self.batch_size} "
+        devices = ", ".join(f"{k} {v}" for k, v in self.devices.devices.items())
+        return (f"{self.layout} layout, {self.workers} workers, devices: {devices}, batch {self.batch_size} "
                 f"({self.cpus:g} CPUs{gpus} in the cluster)")
+
+
+PLAN_NAMES = {"features": "write"}  # the chain's name for the feature write -> the plan's
+
+
+class GpuSlots:
+    """A placement group of one bundle per GPU (its GPU and the CPUs of the GPU-placed actors on it): the
+    first actors of each GPU-placed pool go one to a bundle, so every GPU hosts one actor of each stage
+    (Ray packs fractional GPU shares onto the fullest GPU that fits: without it, four 0.1-GPU face actors
+    would share GPU 0). Actors beyond that (pools growing as nodes join) are scheduled by Ray as usual.
+    The group lives as long as the driver's job."""
+
+    def __init__(self, group, count: int) -> None:
+        self.group = group
+        self.count = count
+
+    @classmethod
+    def reserve(cls, plan: Plan) -> GpuSlots:
+        from ray.util.placement_group import placement_group
+
+        bundles = [{"GPU": 1.0, **({"CPU": plan.slot_cpus} if plan.slot_cpus else {})}
+                   for _ in range(plan.gpu_slots)]
+        group = placement_group(bundles, strategy="PACK")
+        import ray
+
+        ray.get(group.ready(), timeout=SLOT_TIMEOUT_S)
+        return cls(group, plan.gpu_slots)
+
+    def assigner(self):
+        return _SlotAssigner(self.group, self.count)
+
+
+SLOT_TIMEOUT_S = 600
+
+
+class _SlotAssigner:
+    """Ray Data calls this before starting each actor of a pool: bundle 0, 1, ... then Ray's own choice."""
+
+    def __init__(self, group, count: int) -> None:
+        self.group = group
+        self.count = count
+        self.started = 0
+
+    def __call__(self) -> dict[str, Any]:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        index = self.started
+        self.started += 1
+        if index >= self.count:
+            return {}
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=self.group, placement_group_bundle_index=index)}
 
 
 def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
     """The stage specs for this job and the description that fingerprints the features."""
     paths: ModelPaths = resolve_models(config.models)
-    device = config.device
-    if device == "auto":
-        device = "cuda" if _cuda_in_cluster(config) else "cpu"
-    dtype = config.gpu_dtype if device == "cuda" else "float32"
+    devices = decide_devices(config)
+    torch_cuda = any(devices.devices[s] == "cuda" for s in ("densepose", "vae", "clip"))
+    dtype = config.gpu_dtype if torch_cuda else "float32"
     decode = StageSpec(name="decode", cls=DecodeStage,
                        config=DecodeConfig(images_root=config.images, max_pixels=config.max_pixels))
     resize = StageSpec(name="resize", cls=ResizeStage,
                        config=ResizeConfig(height=config.height, width=config.width, pose_resize=config.pose_resize))
-    model_specs, models = stage_specs(paths=paths, config=config, device=device, dtype=dtype)
+    model_specs, models = stage_specs(paths=paths, config=config, devices=devices.devices, dtype=dtype)
     by_name = {s.name: s for s in model_specs}
     specs = [decode, by_name["densepose"], by_name["face"], by_name["texture"], resize, by_name["vae"], by_name["clip"]]
     settings = {
@@ -134,7 +200,8 @@ def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
         "person_policy": config.person_policy,
         "max_pixels": config.max_pixels,
         "previews": config.previews,
-        "device": device,
+        "device": "cuda" if devices.any_cuda() else "cpu",
+        "stage_devices": dict(devices.devices),  # what each model stage computes on (features differ by it)
         "dtype": dtype,
         "face_mode": paths.face_mode,  # "paper" | "reference" (DESIGN.md, "Feature modes")
         "texture_part_masks_sha256": part_masks_sha256(paths),  # None: masks derived from DensePose's chart
@@ -142,20 +209,61 @@ def build_pipeline(config: JobConfig) -> tuple[Pipeline, dict[str, Any]]:
     description = {
         "fingerprint": {"models": [model_fingerprint(m) for m in models], "settings": settings},
         "models": models,
-        "settings": settings,
+        "settings": {**settings, "stage_device_reasons": dict(devices.reasons)},
         "tiny": paths.tiny,
     }
-    pipeline = Pipeline(specs=specs, layout=config.layout, device=device, batch_size=config.batch_size,
+    pipeline = Pipeline(specs=specs, layout=config.layout, devices=devices, batch_size=config.batch_size,
                         previews=config.previews, requested_workers=config.workers)
     return pipeline, description
 
 
-def _cuda_in_cluster(config: JobConfig) -> bool:
-    if config.address or os.environ.get("RAY_ADDRESS"):
-        return False  # decided after joining: the caller passes --device cuda for GPU clusters
-    import torch
+def decide_devices(config: JobConfig) -> StageDevices:
+    """The device per model stage, from what the workers' runtimes can do (preprocess/job/plan.py). With
+    --device cpu and no --stage-device cuda nothing is asked. Otherwise one worker is asked: of the cluster
+    already joined, of the one --address / RAY_ADDRESS names (joined for the question only), or this
+    machine for a local run. A stage that falls back to the CPU is said once in the log."""
+    overrides = parse_stage_devices(config.stage_device)
+    if config.device == "cpu" and "cuda" not in overrides.values():
+        return resolve_devices(requested="cpu", overrides=overrides, caps=None)
+    caps = _capabilities(config, want_gpu=config.device == "cuda" or "cuda" in overrides.values())
+    devices = resolve_devices(requested=config.device, overrides=overrides, caps=caps)
+    for stage, device in devices.devices.items():
+        if device == "cpu" and devices.reasons[stage] != "--stage-device":
+            log = logger.warning if devices.any_cuda() else logger.info
+            log("%s stage on the CPU: %s", stage, devices.reasons[stage])
+    return devices
 
-    return torch.cuda.is_available()
+
+def _capabilities(config: JobConfig, *, want_gpu: bool) -> Capabilities:
+    import ray
+
+    if ray.is_initialized():
+        return cluster_capabilities(want_gpu=want_gpu)
+    if config.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=config.address, runtime_env=ray_runtime_env(), log_to_driver=False)
+        try:
+            return cluster_capabilities(want_gpu=want_gpu)
+        finally:
+            ray.shutdown()
+    return capabilities_here(where="this machine")
+
+
+def plan_job(config: JobConfig) -> dict[str, Any]:
+    """--dry-run: the devices and the resource plan on the cluster joined (or the local Ray), as JSON; no
+    model is loaded and no image read."""
+    import ray
+
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        init_ray(config)
+    try:
+        devices = decide_devices(config)
+        plan = make_plan(layout=config.layout, devices=devices, resources=ray.cluster_resources(),
+                         nodes=ray_nodes_alive(), batch_size=config.batch_size, workers=config.workers)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    return plan.as_json(devices)
 
 
 def probe_models(config: JobConfig, pipeline: Pipeline) -> dict[str, Any]:
@@ -163,7 +271,7 @@ def probe_models(config: JobConfig, pipeline: Pipeline) -> dict[str, Any]:
     message, not in the middle of the job; and the manifest's model facts come from the models."""
     import ray
 
-    resources = {"num_gpus": 1} if pipeline.device == "cuda" else {"num_cpus": 1}
+    resources = {"num_gpus": 1} if pipeline.devices.any_cuda() else {"num_cpus": 1}
     remote = ray.remote(max_retries=0, **resources)(probe)
     return ray.get(remote.remote(pipeline.specs))
 

@@ -21,6 +21,7 @@ class StageStats:
     rows: int = 0
     rejected: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    placed: Counter = field(default_factory=Counter)  # rows per placement, "NODE_ID[/gpu:IDS]" (chain.placement)
 
 
 def job_stats(config, pipeline, stage_stats, phases, listed, todo, counts) -> dict:
@@ -50,6 +51,7 @@ def stage_figures(pipeline, stage_stats) -> dict:
             "rejected": dict(sorted(s.rejected.items())),
             "worker_seconds": round(s.seconds, 3),
             "images_per_worker_second": round(s.rows / s.seconds, 2) if s.seconds > 0 else None,
+            "placed": dict(sorted(s.placed.items())),  # rows per Ray node (and GPU ids) the stage ran on
         }
     return stages
 

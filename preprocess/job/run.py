@@ -17,6 +17,7 @@ import numpy as np
 from preprocess.clip.stats import EmbeddingStats
 from preprocess.common import STATUS_OK
 from preprocess.job import inputs as job_inputs
+from preprocess.job.chain import PLACED_PREFIX
 from preprocess.job.config import ErrorBudget, JobConfig, JobError
 from preprocess.job.features import FEATURES_DIR, FeatureRow, features_dir, fingerprint, scan_features
 from preprocess.job.layout import Pipeline, build_pipeline, init_ray, probe_models
@@ -83,6 +84,8 @@ def compute_features(
             for column, values in batch.items():
                 if column.startswith("seconds_"):
                     stats[column.removeprefix("seconds_")].seconds += float(np.sum(values))
+                elif column.startswith(PLACED_PREFIX):  # where the stage ran (node, GPU ids): stats.json
+                    stats[column.removeprefix(PLACED_PREFIX)].placed.update(str(v) for v in values)
             for name in pipeline.stage_names:
                 stats[name].rows += n
             for status, stage in zip(batch["status"], batch["reject_stage"]):

@@ -32,25 +32,33 @@ def model_fingerprint(record: ModelRecord) -> dict[str, Any]:
     return {"name": record.name, "checksums": sorted(record.files.values()), "settings": record.settings}
 
 
-def stage_specs(*, paths: ModelPaths, config, device: str, dtype: str) -> tuple[list[StageSpec], list[ModelRecord]]:
+def stage_specs(*, paths: ModelPaths, config, devices: dict[str, str],
+                dtype: str) -> tuple[list[StageSpec], list[ModelRecord]]:
     """StageSpecs for densepose, face, texture, vae and clip; and a record per model for the manifest.
 
-    On the CPU every model runs one image per forward pass: then an image's features do not depend on
-    which images shared its batch, and the shards are byte-identical whatever --batch-size or --workers.
+    ``devices``: the device of each model stage ("cpu" or "cuda"); ``dtype`` applies to the torch stages on
+    CUDA (float32 on the CPU). On the CPU every model runs one image per forward pass: then an image's
+    features do not depend on which images shared its batch, and the shards are byte-identical whatever
+    --batch-size or --workers.
     """
-    model_batch = 1 if device == "cpu" else config.batch_size
+    def batch(stage: str) -> int:
+        return 1 if devices[stage] == "cpu" else config.batch_size
+
+    def precision(stage: str) -> str:
+        return dtype if devices[stage] == "cuda" else "float32"
+
     densepose = DensePoseConfig(config_path=paths.densepose_config, weights_path=paths.densepose_weights,
-                                device=device, dtype=dtype, person_policy=config.person_policy,
-                                max_batch=model_batch)
+                                device=devices["densepose"], dtype=precision("densepose"),
+                                person_policy=config.person_policy, max_batch=batch("densepose"))
     reference_face = paths.face_mode == "reference"
     face = FaceConfig(mode=paths.face_mode, antelopev2_dir=paths.antelopev2,
                       ssd_prototxt=None if reference_face else paths.ssd_prototxt,
                       ssd_caffemodel=None if reference_face else paths.ssd_caffemodel,
-                      device=device, threads=1, max_batch=model_batch)
+                      device=devices["face"], threads=1, max_batch=batch("face"))
     texture = TextureConfig(part_masks=paths.texture_part_masks)
-    vae = VaeConfig(path=paths.vae, height=config.height, width=config.width, device=device, dtype=dtype,
-                    max_batch=model_batch)
-    clip = ClipConfig(path=paths.clip, device=device, dtype=dtype, max_batch=model_batch)
+    vae = VaeConfig(path=paths.vae, height=config.height, width=config.width, device=devices["vae"],
+                    dtype=precision("vae"), max_batch=batch("vae"))
+    clip = ClipConfig(path=paths.clip, device=devices["clip"], dtype=precision("clip"), max_batch=batch("clip"))
     specs = [
         StageSpec(name="densepose", cls=DensePoseStage, config=densepose),
         StageSpec(name="face", cls=FaceStage, config=face),

@@ -49,3 +49,18 @@ def test_local_cluster_config_passes_rays_own_schema():
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         assert "RAY_AUTH_MODE=token" in commands[-1]
     assert "--dashboard-host=127.0.0.1" in config["head_start_ray_commands"][-1]
+
+
+def test_image_switches_onnxruntime_to_the_gpu_build():
+    """onnxruntime and onnxruntime-gpu install the same module: the image installs the gpu extra, removes the
+    CPU wheel, reinstalls the GPU one over it, and fails its build without the CUDA provider."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (gpu,) = extras["gpu"]
+    assert gpu.startswith("onnxruntime-gpu")
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    steps = [dockerfile.index(step) for step in ('-e ".[gpu]"', "pip uninstall -y onnxruntime",
+                                                  f'--force-reinstall --no-deps "{gpu}"',
+                                                  "'CUDAExecutionProvider' in onnxruntime.get_available_providers()")]
+    assert steps == sorted(steps)

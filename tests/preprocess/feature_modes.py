@@ -74,6 +74,6 @@ def run_feature_modes_job(folder: Path) -> tuple[Path, Path, Path]:
     models = write_tiny_models_file(folder / "models.yaml", face_mode="reference", part_masks=masks)
     out = folder / "out"
     code = main(["--images", str(root), "--pairs", str(pairs), "--out", str(out), "--models", str(models),
-                 "--no-progress", "--resolution", "256x176", "--max-errors", "0.5"])
+                 "--no-progress", "--resolution", "256x176", "--max-errors", "0.5", "--device", "cpu"])
     assert code == 0, "the feature-modes job failed (see its stderr)"
     return out, root, masks

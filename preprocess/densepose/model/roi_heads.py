@@ -38,8 +38,13 @@ class ROIPooler(nn.Module):
         return torch.clamp(levels, min=self.min_level, max=self.max_level).to(torch.int64) - self.min_level
 
     def forward(self, features: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
-        """(M, C, S, S) features for the boxes of every image (xyxy in input pixels), in order."""
-        all_boxes = torch.cat(boxes, dim=0)
+        """(M, C, S, S) features for the boxes of every image (xyxy in input pixels), in order.
+
+        The boxes stay float32 whatever the features' dtype: bfloat16 keeps 8 significant bits, so a box
+        edge near x = 1000 would move in 4-8 px steps before RoIAlign while the chart is pasted at the
+        float32 box. RoIAlign then runs in float32 on the (upcast) level and its output takes the features'
+        dtype (what torchvision's own autocast rule for roi_align does)."""
+        all_boxes = torch.cat(boxes, dim=0).float()
         index = torch.repeat_interleave(
             torch.arange(len(boxes), dtype=all_boxes.dtype, device=all_boxes.device),
             torch.tensor([len(b) for b in boxes], device=all_boxes.device),
@@ -47,14 +52,14 @@ class ROIPooler(nn.Module):
         rois = torch.cat([index[:, None], all_boxes], dim=1)
         channels = features[0].shape[1]
         if len(features) == 1:
-            return roi_align(features[0], rois.to(features[0].dtype), self.output_size, self.scales[0],
-                             self.sampling_ratio, self.aligned)
+            return roi_align(features[0].float(), rois, self.output_size, self.scales[0],
+                             self.sampling_ratio, self.aligned).to(features[0].dtype)
         levels = self.level_of(all_boxes)
         output = torch.zeros((len(rois), channels, *self.output_size), dtype=features[0].dtype,
                              device=features[0].device)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             inds = torch.nonzero(levels == level, as_tuple=True)[0]
-            pooled = roi_align(feature, rois[inds].to(feature.dtype), self.output_size, scale,
+            pooled = roi_align(feature.float(), rois[inds], self.output_size, scale,
                                self.sampling_ratio, self.aligned)
             output.index_put_((inds,), pooled.to(output.dtype))
         return output

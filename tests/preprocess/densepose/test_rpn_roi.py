@@ -182,3 +182,25 @@ def test_rpn_drops_non_finite_and_empty_proposals(tiny, tmp_path):
     got = rpn._top_proposals([boxes], [logits], [(60, 60)])[0]
     # inf: dropped; zero width (and the box clipped to zero width at x = 0): dropped; the rest clipped.
     torch.testing.assert_close(got, torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]))
+
+
+@pytest.mark.parametrize("levels", [1, 4])
+def test_roi_pooler_keeps_boxes_float32_with_bfloat16_features(levels):
+    """--gpu-dtype bfloat16: the RoI boxes must not be rounded to bf16 (4-8 px steps near x = 1000) before
+    RoIAlign; the pooled values are those of float32 boxes on the (bf16) features, in the features' dtype."""
+    scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)[:levels]
+    pooler = ROIPooler(output_size=5, scales=scales, sampling_ratio=2, pooler_type="ROIAlignV2")
+    generator = torch.Generator().manual_seed(3)
+    features = [torch.randn(1, 2, 1200 // s, 1200 // s, generator=generator).to(torch.bfloat16)
+                for s in (4, 8, 16, 32)[:levels]]
+    # Edges that bf16 cannot hold (it rounds 1001.3 to 1000 and 1109.7 to 1112): a box of level 0 and one
+    # of level 3 when there are four.
+    boxes = [torch.tensor([[1001.3, 1003.7, 1109.7, 1111.1], [101.3, 203.7, 1109.7, 1111.1]])]
+    assert not torch.equal(boxes[0].to(torch.bfloat16).float(), boxes[0])
+    pooled = pooler(features, boxes)
+    assert pooled.dtype == torch.bfloat16
+    level_of = pooler.level_of(boxes[0]).tolist() if levels > 1 else [0, 0]
+    for k, level in enumerate(level_of):
+        rois = torch.cat([torch.zeros(1, 1), boxes[0][k][None]], 1)
+        exact = roi_align(features[level].float(), rois, (5, 5), scales[level], 2, True).to(torch.bfloat16)
+        torch.testing.assert_close(pooled[k], exact[0], rtol=0, atol=0)

@@ -35,7 +35,7 @@ def hostile_inputs(root) -> tuple[dict[str, str], list[tuple[str, str]], object]
 
 def run_hostile(images, pairs, out, *extra: str) -> int:
     return main(["--images", str(images), "--pairs", str(pairs), "--out", str(out), "--models", "tiny",
-                 "--no-progress", "--max-errors", "1.0", *extra])
+                 "--no-progress", "--max-errors", "1.0", "--device", "cpu", *extra])
 
 
 def test_hostile_folder(ray_local, tmp_path, capsys):

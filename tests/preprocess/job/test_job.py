@@ -18,7 +18,7 @@ from tools.cli import main as cli
 def build(demo_inputs, out, *extra: str) -> int:
     images, pairs = demo_inputs
     return main(["--images", str(images), "--pairs", str(pairs), "--out", str(out), "--models", "tiny",
-                 "--no-progress", *extra])
+                 "--no-progress", "--device", "cpu", *extra])  # bytes are compared: the CPU even on a GPU machine
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def _job_command(demo_inputs, out, *extra: str) -> list[str]:
     images, pairs = demo_inputs
     script = Path(__file__).resolve().parents[3] / "preprocess" / "build_shards.py"
     return [sys.executable, str(script), "--images", str(images), "--pairs", str(pairs), "--out", str(out),
-            "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", *extra]
+            "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu", *extra]
 
 
 def _run_detached(command, *, env=None, kill_after: float | None = None):
@@ -191,7 +191,7 @@ def test_inputs_and_output_as_fsspec_urls(reference_run, demo_inputs, tmp_path):
     images, pairs = demo_inputs
     out = tmp_path / "out"
     code = main(["--images", f"local://{images}", "--pairs", f"local://{pairs}", "--out", f"local://{out}",
-                 "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7"])
+                 "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu"])
     assert code == 0
     assert shard_bytes(out) == shard_bytes(reference_run)
     assert verify_output(f"local://{out}", progress=False).ok

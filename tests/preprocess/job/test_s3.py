@@ -18,7 +18,7 @@ from shards.verify import verify_output
 from tests.preprocess.job.conftest import shard_bytes
 from tools.cli import main as cli
 
-ARGS = ("--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7")
+ARGS = ("--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu")
 
 
 @pytest.fixture(scope="module")
