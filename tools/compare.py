@@ -23,9 +23,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
-
 METRICS = ("FID", "LPIPS", "SSIM", "SSIM_256", "PSNR", "face_cosine", "face_euclidean")
 FACE_KEYS = {"face_cosine": "Face cosine similarity", "face_euclidean": "Face euclidean distance"}
 PAIR_METRICS = ("lpips", "ssim", "psnr")
@@ -70,11 +67,15 @@ def _report_rows(label: str, metrics: dict, *, step: int | None = None) -> list[
 
 
 def _per_pair(report: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
     path = report / "per_image.parquet"
     return pq.read_table(path).to_pylist() if path.is_file() else []
 
 
 def load_source(path: Path, label: str) -> Source:
+    import pyarrow.parquet as pq
+
     if (path / "metrics.parquet").is_file():
         table = pq.read_table(path / "metrics.parquet").to_pylist()
         rows = [{"label": f"{label} {row['checkpoint']}", "resolution": row["resolution"], "step": row["step"],
@@ -174,6 +175,7 @@ def distributions(sources: list[Source]) -> list[tuple[str, str]]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     charts = []
     scored = [s for s in sources if s.per_pair]
@@ -193,6 +195,7 @@ def distributions(sources: list[Source]) -> list[tuple[str, str]]:
 
 
 def _strip(paths: list[Path], size: tuple[int, int]) -> str:
+    import numpy as np
     from PIL import Image
 
     from tools.evaluate.inputs import read_rgb

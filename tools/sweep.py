@@ -24,8 +24,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from shards.cli import RunLog, add_verbosity, setup_console_logging
@@ -130,11 +128,8 @@ def evaluate(gen: Path, report: Path, config: SweepConfig) -> dict:
 
 
 def _number(value) -> float | None:
-    """metrics.json writes non-finite numbers as strings ("inf", "nan")."""
-    if value is None:
-        return None
-    number = float(value)
-    return number
+    """metrics.json writes non-finite numbers as strings ("inf", "nan"); float() reads them back."""
+    return None if value is None else float(value)
 
 
 def metric_rows(name: str, step: int, metrics: dict) -> list[dict]:
@@ -151,6 +146,9 @@ def metric_rows(name: str, step: int, metrics: dict) -> list[dict]:
 
 
 def write_table(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = pa.schema([("checkpoint", pa.string()), ("step", pa.int64()), ("resolution", pa.string()),
                         *[(metric, pa.float64()) for metric in METRIC_COLUMNS]])
     table = pa.table({name: [row[name] for row in rows] for name in schema.names}, schema=schema)
@@ -216,9 +214,11 @@ def log_to_trackers(run: Path, rows: list[dict], spec: str) -> list[str]:
     return written
 
 
-def sweep(config: SweepConfig) -> list[dict]:
+def sweep(config: SweepConfig) -> tuple[list[dict], list[dict]]:
+    """Every chosen checkpoint's rows, and those of the checkpoints evaluated by this call (not yet logged)."""
     chosen = choose(run_checkpoints(config.run), every=config.every, names=config.checkpoints, run=config.run)
     rows: list[dict] = []
+    new: list[dict] = []
     for step, checkpoint in chosen:
         folder = config.output / checkpoint.name
         metrics_file = folder / "report" / "metrics.json"
@@ -228,15 +228,16 @@ def sweep(config: SweepConfig) -> list[dict]:
         else:
             sample(checkpoint, folder / "gen", config)
             metrics = evaluate(folder / "gen", folder / "report", config)
+            new += metric_rows(checkpoint.name, step, metrics)
         rows += metric_rows(checkpoint.name, step, metrics)
         write_table(rows, config.output / METRICS_NAME)  # after each checkpoint: what is done is kept
-    return rows
+    return rows, new
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="mcld-data sweep", description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="training run folder (RUN/checkpoint-STEP ...)")
+    parser.add_argument("run_dir", metavar="RUN", type=Path, help="training run folder (RUN/checkpoint-STEP ...)")
     parser.add_argument("--shards", required=True, help="the test shards to sample (build_shards.py output)")
     parser.add_argument("--images", type=Path, required=True, help="root of the shards' original photos")
     parser.add_argument("--models", type=Path, required=True, help="eval_models.yaml (see tools/evaluate/models.py)")
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"mcld-data sweep: --every must be positive, got {args.every}", file=sys.stderr)
         return 2
     config = SweepConfig(
-        run=args.run, shards=args.shards, images=args.images, models=args.models, output=args.output,
+        run=args.run_dir, shards=args.shards, images=args.images, models=args.models, output=args.output,
         every=args.every, checkpoints=tuple(n.strip() for n in (args.checkpoints or "").split(",") if n.strip()),
         train_images=args.train_images, resolutions=args.resolutions, steps=args.steps, seed=args.seed,
         device=args.device, batch_size=args.batch_size, workers=args.workers, cache_dir=args.cache_dir,
@@ -275,12 +276,13 @@ def run(args: argparse.Namespace) -> int:
     config.output.mkdir(parents=True, exist_ok=True)
     with RunLog(str(config.output / LOG_NAME), names=("tools", "shards")):
         try:
-            rows = sweep(config)
+            rows, new = sweep(config)
         except (SweepError, EvaluationInputError, ModelFileError) as error:
             log.info("stopped: %s", error)
             print(f"mcld-data sweep: {error}", file=sys.stderr)
             return 1
-        written = log_to_trackers(config.run, rows, config.report_to or run_report_to(config.run))
+        # Checkpoints evaluated by an earlier call were logged then: a resumed sweep does not log them twice.
+        written = log_to_trackers(config.run, new, config.report_to or run_report_to(config.run)) if new else []
     header = ["checkpoint", "step", "resolution", *METRIC_COLUMNS]
     print("  ".join(header))
     for row in rows:
