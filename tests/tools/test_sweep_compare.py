@@ -5,6 +5,8 @@ by side in a page that headless Chromium renders."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import re
@@ -86,6 +88,12 @@ def test_each_checkpoint_is_sampled_evaluated_and_logged_at_its_step(swept):
             assert math.isfinite(row[name]) and row[name] == pytest.approx(float(aggregates[name])), name
         assert row["face_cosine"] == pytest.approx(float(metrics["face"]["Face cosine similarity"]))
     assert rows[0]["LPIPS"] != rows[1]["LPIPS"]  # two checkpoints, two sets of images
+    # evaluate's report.html: a distributions chart, and worst-pair strips of source | generated | target
+    page = (swept["sweep"] / "checkpoint-2" / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<img alt="Per-pair distributions at 256x176"' in page
+    worst = page[page.index("<h2>Worst lpips at 256x176 (source | generated | ground truth)</h2>"):]
+    strip = Image.open(io.BytesIO(base64.b64decode(re.search(r'base64,([^"]+)"', worst).group(1))))
+    assert strip.width / strip.height == pytest.approx(3 * 176 / 256, rel=0.01)
     scalars = _eval_scalars(swept["run"])
     for name in ("FID", "LPIPS", "PSNR", "face_cosine"):
         logged = scalars[f"eval/256x176/{name}"]
