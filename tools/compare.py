@@ -149,13 +149,15 @@ def text_table(sources: list[Source]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in cells)
 
 
-def curves(source: Source) -> str:
+def curves(source: Source) -> str | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     present = [m for m in METRICS if any(r[m] is not None and math.isfinite(r[m]) for r in source.rows)]
+    if not present:
+        return None
     figure, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.6), squeeze=False)
     for axis, metric in zip(axes[0], present):
         for resolution in sorted({r["resolution"] for r in source.rows}):
@@ -241,9 +243,10 @@ def render(sources: list[Source], *, differ: int) -> str:
                          + "".join(f"<td>{_cell(row[m])}</td>" for m in METRICS) + "</tr>")
     parts.append("</table>")
     for source in measured:
-        if source.kind == "sweep":
+        chart = curves(source) if source.kind == "sweep" else None
+        if chart:
             parts.append(f"<h2>{html.escape(source.label)}: metrics over steps</h2>"
-                         f"<figure>{_img(curves(source), source.label + ' curves')}</figure>")
+                         f"<figure>{_img(chart, source.label + ' curves')}</figure>")
     for title, chart in distributions(measured):
         parts.append(f"<h2>{html.escape(title)}</h2><figure>{_img(chart, title)}</figure>")
     if len(measured) >= 2 and differ > 0:
