@@ -69,6 +69,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from tools.sweep import run
+
+    return run(args)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tools.compare import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcld-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "reference computes them")
     add_arguments(evaluate)
     evaluate.set_defaults(run=_evaluate)
+    from tools.compare import build_parser as compare_arguments
+    from tools.sweep import build_parser as sweep_arguments
+
+    sweep = commands.add_parser("sweep", help="sample and evaluate each checkpoint of a training run -> "
+                                              "metrics.parquet, logged to the run's tracker")
+    sweep_arguments(sweep)
+    sweep.set_defaults(run=_sweep)
+    compare = commands.add_parser("compare", help="evaluation reports and sweeps side by side (HTML + console)")
+    compare_arguments(compare)
+    compare.set_defaults(run=_compare)
     return parser
 
 

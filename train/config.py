@@ -146,6 +146,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     seed: int = 12580
+    # Experiment trackers (train/tracking.py): tensorboard, wandb, mlflow, a comma-separated list, all or none.
+    report_to: str = "tensorboard"
     source: str = ""  # where the config was read from (set by load_config)
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,6 +285,12 @@ def validate_config(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{where}: {name} must be positive, got {value}")
+    from train.tracking import TrackerError, parse_report_to
+
+    try:
+        parse_report_to(config.report_to, where=f"{where}: report_to")
+    except TrackerError as error:
+        raise ConfigError(str(error)) from error
     if config.data.num_workers < 0 or config.validation.every < 0:
         raise ConfigError(f"{where}: data.num_workers and validation.every must not be negative")
 

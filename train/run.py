@@ -2,10 +2,12 @@
 
     accelerate launch train/run.py --shards OUT [--config train/configs/mcld.yaml|tiny] --output-dir RUN
         [--max-steps N] [--resume [latest|PATH]] [--init-from CKPT_DIR|WEIGHTS] [--val-shards DIR]
+        [--report-to tensorboard|wandb|mlflow|all|none]
 
 Also runs as ``python train/run.py ...`` (one process). Checkpoints go to RUN/checkpoint-STEP, per-step logs
 to RUN/logs.jsonl, validation grids to RUN/validation/step-STEP.png, what the run said (resume, checkpoint
-paths, warnings) to RUN/train.log; the console shows warnings only unless -v.
+paths, warnings) to RUN/train.log; the console shows warnings only unless -v. The same per-step figures and
+the validation images go to the experiment trackers (train/tracking.py; default TensorBoard, RUN/tb/).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import (  # noqa: E402
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
+    ProjectConfiguration,
     broadcast_object_list,
     gather_object,
     set_seed,
@@ -68,6 +71,7 @@ from train.data import DataError, TrainStream, batches_per_epoch, load_pairs, ma
 from train.model import build_mcld  # noqa: E402
 from train.model.pose_guider import PoseGuiderInitError  # noqa: E402
 from train.objective import ClipStats, build_scheduler, training_step  # noqa: E402
+from train.tracking import Tracking, TrackerError, check_installed, parse_report_to  # noqa: E402
 from train.validation import ValidationError, load_vae_decoder, manifest_vae_folder, run_validation  # noqa: E402
 
 LOG_NAME = "logs.jsonl"
@@ -75,7 +79,7 @@ RUN_LOG_NAME = "train.log"
 LOGGERS = ("train", "shards")  # what the run log records
 log = logging.getLogger("train.run")  # not __name__: that is "__main__" under `python train/run.py`
 USER_ERRORS = (ConfigError, DataError, ShardError, ManifestError, CheckpointError, ValidationError, PoseGuiderInitError,
-               ConvertError)
+               ConvertError, TrackerError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +91,7 @@ class RunOptions:
     resume: str | None = None
     init_from: str | None = None
     val_shards: str | None = None
+    report_to: str | None = None  # None: the config's report_to
     verbose: int = 0
 
 
@@ -102,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from these weights (an MCLD checkpoint folder, a train.convert weights folder or a "
                              "checkpoint-STEP): step 0, fresh optimizer")
     parser.add_argument("--val-shards", default=None, help="shards for the fixed validation pairs (default: --shards)")
+    parser.add_argument("--report-to", default=None,
+                        help="experiment trackers: tensorboard (RUN/tb), wandb (offline), mlflow (RUN/mlruns), a "
+                             "comma-separated list, all or none (default: the config's report_to, tensorboard)")
     add_verbosity(parser)
     return parser
 
@@ -111,7 +119,8 @@ def parse_options(argv: list[str] | None) -> RunOptions:
     if args.max_steps is not None and args.max_steps <= 0:
         raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
     return RunOptions(shards=args.shards, config=args.config, output_dir=args.output_dir, max_steps=args.max_steps,
-                      resume=args.resume, init_from=args.init_from, val_shards=args.val_shards, verbose=args.verbose)
+                      resume=args.resume, init_from=args.init_from, val_shards=args.val_shards, report_to=args.report_to,
+                      verbose=args.verbose)
 
 
 def single_process_launch_warning(env: Mapping[str, str]) -> str | None:
@@ -154,6 +163,11 @@ class Trainer:
         self.clip_std = load_clip_std(config, manifest_std=self.facts.clip_std)
         if options.init_from is not None and not Path(options.init_from).is_dir():
             raise ConvertError(f"--init-from {options.init_from}: no such folder")
+        if options.report_to is not None:
+            trackers = parse_report_to(options.report_to)
+        else:
+            trackers = parse_report_to(config.report_to, where=f"{config.source}: report_to")
+        check_installed(trackers)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.solver.gradient_accumulation_steps,
             mixed_precision=config.solver.mixed_precision,
@@ -161,10 +175,13 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             # The loader is never prepared (each rank streams its own shards); this states the intent.
             dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
+            log_with=list(trackers) or None,
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
         )
         acc = self.accelerator
         self.device = acc.device
         self._open_logs(cleanup)
+        self.tracking = Tracking(acc, trackers=trackers, run_dir=self.run_dir)
         warning = single_process_launch_warning(os.environ)
         if warning and acc.num_processes == 1:
             log.warning(warning)
@@ -294,6 +311,8 @@ class Trainer:
                     out_path=self.run_dir / "validation" / f"step-{self.state.step:06d}.png",
                 )
             log.info("validation images: %s", path)
+            self.tracking.log_validation(path, keys=[pair["__key__"] for pair in self.val_pairs],
+                                         step=self.state.step)
         acc.wait_for_everyone()
 
     def _write_run_config(self) -> None:
@@ -310,6 +329,7 @@ class Trainer:
         acc.wait_for_everyone()  # the main process has made the run folder
         self._resume()
         self._write_run_config()
+        self.tracking.start(step=self.state.step, config=config.to_dict())
         solver = config.solver
         accumulation = solver.gradient_accumulation_steps
         global_batch = config.data.batch_size * acc.num_processes * accumulation
@@ -331,6 +351,7 @@ class Trainer:
             waited = 0.0
             totals = torch.zeros(3, device=self.device)
             uncond_steps = 0
+            grad_norm = torch.zeros((), device=self.device)
             for _ in range(accumulation):
                 before = time.perf_counter()
                 batch = next(batches).to(self.device, non_blocking=True)
@@ -342,7 +363,7 @@ class Trainer:
                                            scaling_factor=self.facts.vae_scaling_factor)
                     acc.backward(result.parts.loss)
                     if acc.sync_gradients:
-                        acc.clip_grad_norm_(self.trainable, solver.max_grad_norm)
+                        grad_norm = acc.clip_grad_norm_(self.trainable, solver.max_grad_norm).detach()
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 parts = result.parts
@@ -353,9 +374,10 @@ class Trainer:
             self.lr_scheduler.step()
             self.state.step += 1
             elapsed = time.perf_counter() - started
-            figures = torch.cat([totals, torch.tensor([waited / elapsed], device=self.device)])
+            figures = torch.cat([totals, torch.tensor([waited / elapsed], device=self.device),
+                                 grad_norm.reshape(1).float()])
             figures = acc.reduce(figures, reduction="mean")
-            loss, mse, face, wait = (float(v) for v in figures)
+            loss, mse, face, wait, norm = (float(v) for v in figures)
             if not math.isfinite(loss):
                 raise RuntimeError(f"step {self.state.step}: the loss is {loss}; lower solver.learning_rate")
             if acc.is_main_process:
@@ -363,8 +385,12 @@ class Trainer:
                     "step": self.state.step, "loss": loss, "loss_mse": mse, "loss_face": face,
                     "lr": self.lr_scheduler.get_last_lr()[0], "samples_per_s": global_batch / elapsed,
                     "data_wait": wait, "step_time": elapsed, "uncond_micro_batches": uncond_steps,
+                    "grad_norm": norm,  # before clipping to solver.max_grad_norm
                 }
+                if self.device.type == "cuda":
+                    record["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                 _append_log(log_path, record)
+                self.tracking.log_step(record, step=self.state.step)
                 progress.set_postfix(loss=f"{loss:.4f}", face=f"{face:.4f}", lr=f"{record['lr']:.2e}",
                                      wait=f"{wait:.0%}")
             progress.update(1)
