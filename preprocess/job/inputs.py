@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shards import storage
-from shards.ids import assign_image_ids
+from shards.ids import assign_image_ids, base_image_id
 from shards.rejects import Reject
 from shards.schema import pair_key
 
@@ -157,15 +157,75 @@ def referenced_paths(rows: list[PairRow]) -> list[str]:
     return sorted(paths)
 
 
-def hash_inputs(images_root: str, paths: list[str], *, threads: int = 8) -> dict[str, tuple[str, int] | OSError]:
-    def one(path: str) -> tuple[str, tuple[str, int] | OSError]:
-        location = storage.join(images_root, path)
+def list_images(images_root: str, paths: list[str], *, threads: int = 8) -> tuple[dict[str, int], dict[str, OSError]]:
+    """Which named paths are files, from listings of their folders (one paginated listing per folder, in
+    ``threads`` threads; no request per image): (path -> listed size, -1 where the listing does not say),
+    and (path -> the OSError reading it would raise: missing, a folder, below a file or an unreadable folder).
+    """
+    by_folder: dict[str, list[str]] = {}
+    for path in paths:
+        by_folder.setdefault(posixpath.dirname(path), []).append(path)
+
+    def one(folder: str) -> tuple[str, dict[str, tuple[bool, int]] | OSError]:
         try:
-            if storage.is_dir(location):
-                return path, IsADirectoryError(21, "is a directory", location)
-            return path, hash_file(location)
+            return folder, storage.list_entries(storage.join(images_root, folder) if folder else images_root)
+        except OSError as error:
+            return folder, error
+
+    sizes: dict[str, int] = {}
+    failures: dict[str, OSError] = {}
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for folder, entries in pool.map(one, sorted(by_folder)):
+            for path in by_folder[folder]:
+                location = storage.join(images_root, path)
+                if isinstance(entries, OSError):
+                    failures[path] = _same_error(entries, location)
+                    continue
+                entry = entries.get(posixpath.basename(path))
+                if entry is None:
+                    failures[path] = FileNotFoundError(2, "No such file or directory", location)
+                elif entry[0]:
+                    failures[path] = IsADirectoryError(21, "is a directory", location)
+                else:
+                    sizes[path] = entry[1]
+    return sizes, failures
+
+
+def _same_error(error: OSError, location: str) -> OSError:
+    """The folder's listing error, as reading a file inside it would raise it."""
+    if isinstance(error, NotADirectoryError):
+        return NotADirectoryError(20, "Not a directory", location)
+    if isinstance(error, FileNotFoundError):
+        return FileNotFoundError(2, "No such file or directory", location)
+    return type(error)(error.errno, error.strerror or str(error), location)
+
+
+def plan_ids(images_root: str, sizes: dict[str, int], *, threads: int = 8
+             ) -> tuple[dict[str, str], dict[str, tuple[str, int]], dict[str, OSError]]:
+    """Ids for the listed files, from their paths alone; only paths whose ids collide (DESIGN: a short
+    content hash is appended to each) are hashed here, by the driver, before the workers read them again.
+
+    Returns (path -> id, path -> (sha256, size) of the hashed ones, path -> OSError of those that failed).
+    The ids equal what ``list_inputs`` gives once every file's hash is known: a path that is read
+    successfully later keeps its id, since an id depends on other paths' hashes only within a collision."""
+    groups: dict[str, list[str]] = {}
+    for path in sizes:
+        groups.setdefault(base_image_id(path), []).append(path)
+    colliding = sorted(p for members in groups.values() if len(members) > 1 for p in members)
+
+    def one(path: str) -> tuple[str, tuple[str, int] | OSError]:
+        try:
+            return path, hash_file(storage.join(images_root, path))
         except OSError as error:
             return path, error
 
+    digests: dict[str, tuple[str, int]] = {}
+    failures: dict[str, OSError] = {}
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return dict(pool.map(one, paths))
+        for path, result in pool.map(one, colliding):
+            if isinstance(result, OSError):
+                failures[path] = result
+            else:
+                digests[path] = result
+    ids = assign_image_ids([(p, digests[p][0] if p in digests else "") for p in sizes if p not in failures])
+    return ids, digests, failures

@@ -23,16 +23,15 @@ class StageStats:
     seconds: float = 0.0
 
 
-def job_stats(config, pipeline, stage_stats, phases, listed, todo, counts) -> dict:
+def job_stats(config, pipeline, stage_stats, phases, *, computed: int, cached: int, counts) -> dict:
     """The finished run's stats.json."""
     stages = stage_figures(pipeline, stage_stats)
-    computed = len(todo)
     return {
         "complete": True,
         "stages": stages,
         "phases_seconds": {k: round(v, 3) for k, v in phases.items()},
         "images_computed": computed,
-        "images_cached": len({i.content_hash for i in listed.images}) - computed,
+        "images_cached": cached,
         "images_per_second": round(computed / phases["features"], 3) if computed and phases.get("features") else None,
         "workers": pipeline.workers,
         "layout": pipeline.layout,
