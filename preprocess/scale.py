@@ -335,7 +335,7 @@ def run_plan(config: ScaleConfig, *, read_batch: int = 1024) -> dict:
         del work
         phases["read_and_hash_on_workers"] = time.perf_counter() - t
         t = time.perf_counter()
-        listed = job_inputs.list_inputs(images_root=root, rows=rows, hashes=hashes)
+        listed = job_inputs.list_inputs(images_root=root, rows=rows, hashes=hashes, ids=ids)
         phases["pair_plan"] = time.perf_counter() - t
         seconds = time.perf_counter() - t0
     if len(listed.images) != config.images or listed.image_rejects or hash_failures:

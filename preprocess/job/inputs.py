@@ -89,9 +89,11 @@ def hash_file(location: str) -> tuple[str, int]:
     return storage.sha256_of(location)
 
 
-def list_inputs(*, images_root: str, rows: list[PairRow], hashes: dict[str, tuple[str, int] | OSError]) -> Inputs:
+def list_inputs(*, images_root: str, rows: list[PairRow], hashes: dict[str, tuple[str, int] | OSError],
+                ids: dict[str, str] | None = None) -> Inputs:
     """Give every path an id and every row a fate. ``hashes`` maps each normalized path to its
-    (sha256, size), or to the OSError that reading it raised."""
+    (sha256, size), or to the OSError that reading it raised. ``ids``: the ids ``plan_ids`` gave before the
+    reads (the same ones, without building them again: at millions of images that is memory)."""
     image_rejects: list[Reject] = []
     readable: dict[str, tuple[str, int]] = {}
     for path, result in sorted(hashes.items()):
@@ -103,7 +105,8 @@ def list_inputs(*, images_root: str, rows: list[PairRow], hashes: dict[str, tupl
             ))
         else:
             readable[path] = result
-    ids = assign_image_ids([(path, digest) for path, (digest, _) in readable.items()])
+    if ids is None:
+        ids = assign_image_ids([(path, digest) for path, (digest, _) in readable.items()])
     # An unreadable path gets a reject under its would-be id, so the table is keyed uniformly.
     unreadable_ids = assign_image_ids([(r.path, hashlib.sha256(r.path.encode()).hexdigest()) for r in image_rejects])
     image_rejects = [Reject(kind="image", id=unreadable_ids[r.path], stage=r.stage, reason=r.reason,
@@ -136,7 +139,7 @@ def list_inputs(*, images_root: str, rows: list[PairRow], hashes: dict[str, tupl
             key = pair_key(ids[source], ids[target])
             if key in seen:
                 problem = ("duplicate_pair", f"{where}: the pair {source} -> {target} appears earlier in the CSV")
-        label = f"{ids.get(source, source)}__{ids.get(target, target)}"
+        label = f"{ids[source] if source in readable else source}__{ids[target] if target in readable else target}"
         if problem is not None:
             pair_rejects.append(Reject(kind="pair", id=f"{label}@{row.line}", stage="pairs", reason=problem[0],
                                        detail=problem[1], path=f"{source},{target}"))

@@ -246,7 +246,7 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
         unread = set(ids) - set(phase.hashes)
         if unread:
             raise JobError(f"{len(unread)} listed images came back from no worker (e.g. {min(unread)}); rerun with --resume")
-        listed = job_inputs.list_inputs(images_root=config.images, rows=rows, hashes={**failures, **phase.hashes})
+        listed = job_inputs.list_inputs(images_root=config.images, rows=rows, hashes={**failures, **phase.hashes}, ids=ids)
         features = dict(cached)
         for digest, row in scan_features(directory, names=phase.written).items():
             if digest not in features or features[digest].values["status"] == CHANGED:
