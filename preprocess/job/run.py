@@ -6,6 +6,7 @@ shards), report (stats.json and the final table)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sys
@@ -176,6 +177,26 @@ def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, 
     return ray.get(futures)
 
 
+@contextlib.contextmanager
+def cluster_failures(phase: str):
+    """What Ray could not recover from (a node lost with work Ray cannot rerun elsewhere: an actor pool's
+    last node, an object whose owner died) stops the job with one line saying how to continue. Ray itself
+    reruns the batches and shard tasks of a lost node on the nodes left; this is for the rest."""
+    import ray
+
+    try:
+        yield
+    except ray.exceptions.RayError as error:
+        if isinstance(error, ray.exceptions.RayTaskError) and not isinstance(error.cause, ray.exceptions.RayError):
+            raise  # an error of the task's own code, not of the cluster
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise JobError(
+            f"the cluster lost workers or nodes during {phase} and Ray could not recover "
+            f"({type(error).__name__}: {first[:300]}). What was finished is kept: rerun the same command with "
+            "--resume to continue (finished images are not computed again, the shards come out the same)"
+        ) from error
+
+
 def run_job(config: JobConfig) -> Manifest:
     """The whole job; its log (INFO and up, whatever the console shows) goes to OUT/build_shards.log."""
     if not SPLIT_PATTERN.match(config.split):
@@ -239,9 +260,10 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
                             latent_channels=probe["latent_channels"])
         logger.info(pipeline.describe())
         t = time.perf_counter()
-        phase = compute_features(
-            config, pipeline, work, budget=budget, errors_so_far=len(failures), images_total=len(paths),
-        )
+        with cluster_failures("features"):
+            phase = compute_features(
+                config, pipeline, work, budget=budget, errors_so_far=len(failures), images_total=len(paths),
+            )
         phases["features"] = time.perf_counter() - t
         unread = set(ids) - set(phase.hashes)
         if unread:
@@ -269,7 +291,8 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
         plans = plan_shards(samples, features, split=config.split, seed=config.seed,
                             shard_bytes=config.shard_bytes, min_shards=config.min_shards)
         remove_stale_shards(config.out, config.split, {p.name for p in plans})
-        records = write_shards(config, plans, features, geometry)
+        with cluster_failures("shard writing"):
+            records = write_shards(config, plans, features, geometry)
         phases["shards"] = time.perf_counter() - t
     finally:
         if owns_ray:
