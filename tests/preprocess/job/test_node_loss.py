@@ -40,7 +40,7 @@ def run_losing_a_node(demo_inputs, out: Path, *, when, timeout: float = 900) -> 
 
     # a free GCS port: other Ray instances may run on this machine
     cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 0, "include_dashboard": False, "port": free_port()})
+                      head_node_args={"num_cpus": 0, "include_dashboard": False, "gcs_server_port": free_port()})
     victim = cluster.add_node(num_cpus=1)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
