@@ -320,7 +320,7 @@ def run_plan(config: ScaleConfig, *, read_batch: int = 1024) -> dict:
         sizes, failures = job_inputs.list_images(root, paths)
         ids, known, hash_failures = job_inputs.plan_ids(root, sizes)
         work = work_table(ids, sizes, known, {})
-        del paths
+        del paths, sizes
         phases["list_and_ids"] = time.perf_counter() - t
         t = time.perf_counter()
         dataset = ray.data.from_arrow([work.slice(s, read_batch) for s in range(0, work.num_rows, read_batch)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import hashlib
 import io
 import posixpath
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from shards import storage
 from shards.ids import assign_image_ids, base_image_id
+from shards.schema import validate_image_id
 from shards.rejects import Reject
 from shards.schema import pair_key
 
@@ -213,10 +215,9 @@ def plan_ids(images_root: str, sizes: dict[str, int], *, threads: int = 8
     Returns (path -> id, path -> (sha256, size) of the hashed ones, path -> OSError of those that failed).
     The ids equal what ``list_inputs`` gives once every file's hash is known: a path that is read
     successfully later keeps its id, since an id depends on other paths' hashes only within a collision."""
-    groups: dict[str, list[str]] = {}
-    for path in sizes:
-        groups.setdefault(base_image_id(path), []).append(path)
-    colliding = sorted(p for members in groups.values() if len(members) > 1 for p in members)
+    # Counted, not grouped: one id string per image (the one the result keeps), no list or tuple per image.
+    counts = Counter(base_image_id(path) for path in sizes)
+    colliding = sorted(p for p in sizes if counts[base_image_id(p)] > 1)
 
     def one(path: str) -> tuple[str, tuple[str, int] | OSError]:
         try:
@@ -232,5 +233,16 @@ def plan_ids(images_root: str, sizes: dict[str, int], *, threads: int = 8
                 failures[path] = result
             else:
                 digests[path] = result
-    ids = assign_image_ids([(p, digests[p][0] if p in digests else "") for p in sizes if p not in failures])
+    ids: dict[str, str] = {}
+    for path in sizes:
+        base = base_image_id(path)
+        if counts[base] == 1:
+            ids[path] = sys.intern(base)
+            validate_image_id(ids[path], what=f"id of {path!r}")
+    # the colliding paths: assign_image_ids' rule (the ids of paths that failed to hash are not taken)
+    suffixed = assign_image_ids([(p, digests[p][0]) for p in colliding if p in digests])
+    for path, image_id in suffixed.items():
+        if counts.get(image_id, 0) == 1:
+            raise ValueError(f"image id {image_id!r} for {path!r} collides with another input's id")
+        ids[path] = image_id
     return ids, digests, failures

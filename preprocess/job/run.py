@@ -243,6 +243,7 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
     cached_by_id: dict[str, str] = {}
     cached = scan_features(directory, ids=cached_by_id)
     work = work_table(ids, sizes, known, cached_by_id)
+    del sizes
     logger.info(
         f"{len(ids)} images listed, {sum(ids[p] in cached_by_id for p in ids)} of them in the feature cache if "
         f"unchanged; each is read once by a worker, the others to compute; models fingerprint {fp[:16]}"
