@@ -81,3 +81,23 @@ def test_node_loss_during_shard_writing_finishes_with_the_same_shards(demo_input
     assert killed, "the job finished its shards before a node could be killed"
     assert code == 0, output[-4000:]
     _compare(digest_output(out), json.loads(REFERENCE.read_text())["demo"])
+
+
+def test_node_loss_ray_cannot_recover_stops_with_a_message_naming_resume():
+    """The stop itself (no cluster: the errors Ray raises when it gives up are raised here directly): a
+    cluster error becomes one line naming --resume; an error of the task's own code stays what it is."""
+    import ray
+
+    from preprocess.job.config import JobError
+    from preprocess.job.run import cluster_failures
+
+    with pytest.raises(JobError, match=r"during features .*ActorDiedError.*rerun the same command with --resume"):
+        with cluster_failures("features"):
+            raise ray.exceptions.ActorDiedError()
+    with pytest.raises(JobError, match="during shard writing .*NodeDiedError"):
+        with cluster_failures("shard writing"):
+            raise ray.exceptions.NodeDiedError("node 1a2b died")
+    own = ray.exceptions.RayTaskError("task", "Traceback ...", KeyError("content_hash"))
+    with pytest.raises(ray.exceptions.RayTaskError):
+        with cluster_failures("shard writing"):
+            raise own
