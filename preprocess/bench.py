@@ -132,7 +132,8 @@ def scale_main(args: argparse.Namespace) -> int:
     cores = max(int(w) for w in args.workers.split(","))
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(num_cpus=cores, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
+        ray.init(address="local", num_cpus=cores, include_dashboard=False, runtime_env=ray_runtime_env(),
+                 log_to_driver=False)  # a new local instance, whatever else runs on the machine
     try:
         with contextlib.ExitStack() as stack:
             out = args.scale_out or stack.enter_context(tempfile.TemporaryDirectory())
