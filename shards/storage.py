@@ -113,6 +113,9 @@ def read_whole(location: str | os.PathLike) -> bytes:
     """A file's bytes in one request (an object store's GET; no HEAD first, unlike opening a file object)."""
     if is_url(location):
         fs, path = _url_fs(location)
+        if protocol_of(location) in ("s3", "s3a"):
+            # s3fs asks for the size first (a HEAD) unless told to read in one request
+            return fs.cat_file(path, max_concurrency=1)
         return fs.cat_file(path)
     with open(location, "rb") as stream:
         return stream.read()
