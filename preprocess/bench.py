@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-out", help="with --scale: keep the scratch folder here (default: a deleted temp folder)")
     parser.add_argument("--no-previews", dest="previews", action="store_false", help="with --scale: features without previews")
     parser.add_argument("--shard-size", default="1GB", help="with --scale: byte budget per shard (default 1GB)")
+    parser.add_argument("--phase", choices=("all", "plan"), default="all",
+                        help="with --scale: 'plan' times the planning phase alone (listing, hashing on workers, ids, "
+                             "the pair plan) on N tiny files; 'all' (default) times planning, feature table, shards")
     args = parser.parse_args(argv)
     if args.scale is not None:
         return scale_main(args)
@@ -123,22 +126,35 @@ def scale_main(args: argparse.Namespace) -> int:
     import ray
 
     from preprocess.job.layout import ray_runtime_env
-    from preprocess.scale import ScaleConfig, run_scale
+    from preprocess.scale import ScaleConfig, run_plan, run_scale
     from shards.writer import parse_size
 
     cores = max(int(w) for w in args.workers.split(","))
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(num_cpus=cores, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
+        ray.init(address="local", num_cpus=cores, include_dashboard=False, runtime_env=ray_runtime_env(),
+                 log_to_driver=False)  # a new local instance, whatever else runs on the machine
     try:
         with contextlib.ExitStack() as stack:
             out = args.scale_out or stack.enter_context(tempfile.TemporaryDirectory())
             config = ScaleConfig(images=args.scale, out=out, previews=args.previews,
                                  shard_bytes=parse_size(args.shard_size))
-            result = run_scale(config)
+            if args.phase == "plan":
+                result = run_plan(config)
+            else:
+                result = run_scale(config)
     finally:
         if owns_ray:
             ray.shutdown()
+    if args.phase == "plan":
+        print(json.dumps({
+            "benchmark": "build_shards planning phase at scale",
+            "what": "N tiny files, ~2N pairs: read_pairs, folder listings, ids, each file read and hashed once by "
+                    "the decode stage on Ray workers, list_inputs (the pair plan)",
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+            **result,
+        }, indent=1))
+        return 0
     result.pop("records")
     print(json.dumps({
         "benchmark": "build_shards non-model path at scale",

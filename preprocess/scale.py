@@ -276,3 +276,81 @@ def run_scale(config: ScaleConfig) -> dict:
         "prepare_seconds_untimed": round(prepare_s, 1),
         "records": records,
     }
+
+
+def write_tiny_images(root: str, images: int) -> None:
+    """``images`` distinct files of a few bytes at :func:`image_path` (the planning cost does not depend on
+    their pixels); a marker file makes a kept ``--scale-out`` folder reusable."""
+    marker = os.path.join(root, f".complete-{images}")
+    if os.path.exists(marker):
+        return
+    for i in range(images):
+        path = os.path.join(root, image_path(i))
+        if i % 1000 == 0:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as stream:
+            stream.write(f"scale-image-{i}".encode())
+    open(marker, "wb").close()
+
+
+def run_plan(config: ScaleConfig, *, read_batch: int = 1024) -> dict:
+    """The job's planning phase alone, on N tiny files and ~2N pairs: the pairs CSV, the folders' listings,
+    the ids, every file read and hashed once by the job's decode stage on Ray workers (``read_batch`` rows a
+    batch), and the pair plan (``list_inputs``). Driver RSS is sampled throughout."""
+    import ray
+
+    from preprocess.job import inputs as job_inputs
+    from preprocess.job.decode import DecodeConfig, DecodeStage
+    from preprocess.job.run import work_table
+
+    root = os.path.join(config.out, "images")
+    t = time.perf_counter()
+    write_tiny_images(root, config.images)
+    pairs_csv = os.path.join(config.out, "pairs.csv")
+    write_pairs_csv(pairs_csv, config.images, config.pairs_per_image)
+    prepare_s = time.perf_counter() - t
+    cores = int(ray.cluster_resources().get("CPU", 1))
+    phases: dict[str, float] = {}
+    with PeakRss() as peak:
+        t0 = time.perf_counter()
+        rows = job_inputs.read_pairs(pairs_csv)
+        paths = job_inputs.referenced_paths(rows)
+        phases["read_pairs"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        sizes, failures = job_inputs.list_images(root, paths)
+        ids, known, hash_failures = job_inputs.plan_ids(root, sizes)
+        work = work_table(ids, sizes, known, {})
+        del paths, sizes
+        phases["list_and_ids"] = time.perf_counter() - t
+        t = time.perf_counter()
+        dataset = ray.data.from_arrow([work.slice(s, read_batch) for s in range(0, work.num_rows, read_batch)])
+        dataset = dataset.map_batches(DecodeStage, fn_constructor_kwargs={"config": DecodeConfig(images_root=root)},
+                                      batch_size=read_batch, compute=ray.data.ActorPoolStrategy(size=cores),
+                                      num_cpus=1)
+        dataset = dataset.select_columns(["source_path", "content_hash", "read_size"])
+        hashes: dict[str, tuple[str, int] | OSError] = dict(failures)
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for path, digest, size in zip(*(batch.column(c).to_pylist() for c in batch.column_names)):
+                hashes[path] = (digest, size)
+        del work
+        phases["read_and_hash_on_workers"] = time.perf_counter() - t
+        t = time.perf_counter()
+        listed = job_inputs.list_inputs(images_root=root, rows=rows, hashes=hashes, ids=ids)
+        phases["pair_plan"] = time.perf_counter() - t
+        seconds = time.perf_counter() - t0
+    if len(listed.images) != config.images or listed.image_rejects or hash_failures:
+        raise RuntimeError(f"{len(listed.image_rejects)} of {config.images} tiny files were not read")
+    return {
+        "images": config.images,
+        "pairs": len(listed.pairs),
+        "plan_seconds": round(seconds, 2),
+        "microseconds_per_image": round(1e6 * seconds / config.images, 1),
+        "phases_seconds": {k: round(v, 2) for k, v in phases.items()},
+        "cores": cores,
+        "driver_rss_baseline_mb": round(peak.driver_start_mb, 1),
+        "driver_rss_peak_mb": round(peak.driver_mb, 1),
+        "driver_rss_growth_bytes_per_image": round((peak.driver_mb - peak.driver_start_mb) * 2**20 / config.images),
+        "workers_rss_peak_mb": round(peak.workers_mb, 1),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+        "prepare_seconds_untimed": round(prepare_s, 1),
+    }

@@ -85,6 +85,42 @@ def list_names(location: str | os.PathLike) -> list[str]:
     return sorted(os.listdir(location))
 
 
+def list_entries(location: str | os.PathLike) -> dict[str, tuple[bool, int]]:
+    """Everything directly inside a folder: name -> (is a folder, size in bytes; -1 where unknown), from
+    one listing (on an object store a paginated ListObjectsV2, never a request per object). A folder that
+    does not exist raises FileNotFoundError, a path that is a file NotADirectoryError."""
+    if is_url(location):
+        fs, path = _url_fs(location)
+        entries = {}
+        for info in fs.ls(path, detail=True):
+            name = name_of(info["name"])
+            if name and name != name_of(path):
+                entries[name] = (info.get("type") == "directory", int(info.get("size") or 0))
+        if not entries and not fs.isdir(path):  # one request per empty or absent folder, not per image
+            raise FileNotFoundError(2, "No such file or directory", str(location))
+        return entries
+    entries = {}
+    with os.scandir(location) as listing:
+        for entry in listing:
+            try:
+                entries[entry.name] = (entry.is_dir(), -1 if entry.is_dir() else entry.stat().st_size)
+            except OSError:  # a dangling or looping link: listed; reading it says why it is unreadable
+                entries[entry.name] = (False, -1)
+    return entries
+
+
+def read_whole(location: str | os.PathLike) -> bytes:
+    """A file's bytes in one request (an object store's GET; no HEAD first, unlike opening a file object)."""
+    if is_url(location):
+        fs, path = _url_fs(location)
+        if protocol_of(location) in ("s3", "s3a"):
+            # s3fs asks for the size first (a HEAD) unless told to read in one request
+            return fs.cat_file(path, max_concurrency=1)
+        return fs.cat_file(path)
+    with open(location, "rb") as stream:
+        return stream.read()
+
+
 def makedirs(location: str | os.PathLike) -> None:
     if is_url(location):
         fs, path = _url_fs(location)

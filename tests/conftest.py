@@ -76,6 +76,7 @@ class S3Server:
 
     endpoint: str
     env: dict
+    log: Path | None = None  # the server's output: one line per request (what request-count tests read)
 
     def new_bucket(self) -> str:
         """A fresh, empty bucket; its name."""
@@ -141,7 +142,7 @@ def s3_server(tmp_path_factory):
     previous = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
-        yield S3Server(endpoint=endpoint, env=env)
+        yield S3Server(endpoint=endpoint, env=env, log=log)
     finally:
         for name, value in previous.items():
             if value is None:

@@ -23,9 +23,11 @@ from PIL import Image
 
 from preprocess.common import STATUS_OK, batch_len
 from preprocess.job.chain import PLACED_PREFIX
+from preprocess.job.decode import READ_STAGE, STATUS_CACHED
 from shards import storage
 from shards.schema import encode_field
 
+CHANGED = "changed_during_run"  # a row of this status is never a cache hit (the next run reads the file again)
 FEATURE_VERSION = 3  # bump when what a stage computes changes without a model or setting changing
 FEATURES_DIR = "features"
 PREVIEW_HEIGHT = 256
@@ -197,9 +199,11 @@ class FeatureRow:
         return self.values["status"] == STATUS_OK
 
 
-def scan_features(directory: str, *, names: set[str] | None = None) -> dict[str, FeatureRow]:
+def scan_features(directory: str, *, names: set[str] | None = None, ids: dict[str, str] | None = None
+                  ) -> dict[str, FeatureRow]:
     """Index the rows under a fingerprint's folder by content hash (small columns only); with ``names``,
-    only those files' rows (what a run just wrote).
+    only those files' rows (what a run just wrote). ``ids``, when given, is filled with image id -> content
+    hash for every row that can be a cache hit (what the decode stage compares the hash it reads with).
 
     Leftover temporary files of a killed run are removed; where two files hold the same image (a batch
     retried with other neighbours), the first file by name wins: both hold the same features.
@@ -217,7 +221,12 @@ def scan_features(directory: str, *, names: set[str] | None = None) -> dict[str,
         with storage.open_read(location) as stream:
             table = pq.read_table(stream, columns=SMALL_NAMES)
         for row, values in enumerate(table.to_pylist()):
-            index.setdefault(values["content_hash"], FeatureRow(file=location, row=row, values=values))
+            if ids is not None and values["status"] != CHANGED:
+                ids[values["image_id"]] = values["content_hash"]
+            known = index.get(values["content_hash"])
+            # a row that says the file changed under the run yields to one computed from stable bytes
+            if known is None or (known.values["status"] == CHANGED and values["status"] != CHANGED):
+                index[values["content_hash"]] = FeatureRow(file=location, row=row, values=values)
     return index
 
 
@@ -274,16 +283,26 @@ class FeatureWriterStage:
     """The last stage: writes the batch's rows to the feature table and returns only the bookkeeping,
     so images, latents and embeddings never travel back to the driver."""
 
-    KEEP = ("image_id", "content_hash", "status", "reject_stage", "detail")  # + timings and placements
+    # + timings and placements
+    KEEP = ("image_id", "source_path", "content_hash", "status", "reject_stage", "detail", "read_error")
 
     def __init__(self, *, config: FeatureWriterConfig) -> None:
         self.config = config
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        table = batch_to_table(batch, previews=self.config.previews)
-        name = storage.retry_transient(lambda: write_feature_file(self.config.directory, table),
-                                       what=f"a feature file in {self.config.directory}")
+        # Rows already in the cache and files that could not be read have no features to write.
+        status, stage = np.asarray(batch["status"]), np.asarray(batch["reject_stage"])
+        keep = np.flatnonzero((status != STATUS_CACHED) & (stage != READ_STAGE))
+        name = ""
+        if len(keep):
+            rows = batch if len(keep) == batch_len(batch) else {k: np.asarray(v)[keep] for k, v in batch.items()}
+            table = batch_to_table(rows, previews=self.config.previews)
+            name = storage.retry_transient(lambda: write_feature_file(self.config.directory, table),
+                                           what=f"a feature file in {self.config.directory}")
         out = {k: np.asarray(batch[k], dtype=object) for k in self.KEEP}
+        out["read_size"] = np.asarray(batch["read_size"], np.int64)
         out.update({k: v for k, v in batch.items() if k.startswith(("seconds_", PLACED_PREFIX))})
-        out["feature_file"] = np.full(batch_len(batch), name, dtype=object)
+        files = np.full(batch_len(batch), "", dtype=object)
+        files[keep] = name
+        out["feature_file"] = files
         return out

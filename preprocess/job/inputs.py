@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import hashlib
 import io
 import posixpath
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shards import storage
-from shards.ids import assign_image_ids
+from shards.ids import assign_image_ids, base_image_id
+from shards.schema import validate_image_id
 from shards.rejects import Reject
 from shards.schema import pair_key
 
@@ -19,7 +22,7 @@ class InputError(ValueError):
     """The job's inputs as a whole are unusable (not one bad row: those become rejects)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)  # slots: millions of rows on the driver
 class PairRow:
     line: int  # 1-based line in the CSV, for messages
     source: str  # path relative to --images, as written
@@ -40,9 +43,10 @@ def read_pairs(location: str) -> list[PairRow]:
     if reader.fieldnames is None or not {"from", "to"} <= {f.strip() for f in reader.fieldnames}:
         raise InputError(f"--pairs {location}: expected a CSV with a header row naming columns 'from' and 'to', got {reader.fieldnames}")
     rows = []
+    # A path named by several rows is one string object (interned): at millions of rows that halves the rows' memory.
     for number, row in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        rows.append(PairRow(line=number, source=row.get("from", ""), target=row.get("to", "")))
+        rows.append(PairRow(line=number, source=sys.intern(row.get("from", "")), target=sys.intern(row.get("to", ""))))
     return rows
 
 
@@ -53,10 +57,10 @@ def normalize_relative(path: str) -> str | None:
     clean = posixpath.normpath(path.replace("\\", "/"))
     if clean == "." or clean.startswith("../") or clean == "..":
         return None
-    return clean
+    return sys.intern(clean)  # one object per path, however many rows name it
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ImageInput:
     image_id: str
     source_path: str  # relative to --images
@@ -64,7 +68,7 @@ class ImageInput:
     size: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PairInput:
     key: str
     source_id: str
@@ -87,9 +91,11 @@ def hash_file(location: str) -> tuple[str, int]:
     return storage.sha256_of(location)
 
 
-def list_inputs(*, images_root: str, rows: list[PairRow], hashes: dict[str, tuple[str, int] | OSError]) -> Inputs:
+def list_inputs(*, images_root: str, rows: list[PairRow], hashes: dict[str, tuple[str, int] | OSError],
+                ids: dict[str, str] | None = None) -> Inputs:
     """Give every path an id and every row a fate. ``hashes`` maps each normalized path to its
-    (sha256, size), or to the OSError that reading it raised."""
+    (sha256, size), or to the OSError that reading it raised. ``ids``: the ids ``plan_ids`` gave before the
+    reads (the same ones, without building them again: at millions of images that is memory)."""
     image_rejects: list[Reject] = []
     readable: dict[str, tuple[str, int]] = {}
     for path, result in sorted(hashes.items()):
@@ -101,7 +107,8 @@ def list_inputs(*, images_root: str, rows: list[PairRow], hashes: dict[str, tupl
             ))
         else:
             readable[path] = result
-    ids = assign_image_ids([(path, digest) for path, (digest, _) in readable.items()])
+    if ids is None:
+        ids = assign_image_ids([(path, digest) for path, (digest, _) in readable.items()])
     # An unreadable path gets a reject under its would-be id, so the table is keyed uniformly.
     unreadable_ids = assign_image_ids([(r.path, hashlib.sha256(r.path.encode()).hexdigest()) for r in image_rejects])
     image_rejects = [Reject(kind="image", id=unreadable_ids[r.path], stage=r.stage, reason=r.reason,
@@ -134,7 +141,7 @@ def list_inputs(*, images_root: str, rows: list[PairRow], hashes: dict[str, tupl
             key = pair_key(ids[source], ids[target])
             if key in seen:
                 problem = ("duplicate_pair", f"{where}: the pair {source} -> {target} appears earlier in the CSV")
-        label = f"{ids.get(source, source)}__{ids.get(target, target)}"
+        label = f"{ids[source] if source in readable else source}__{ids[target] if target in readable else target}"
         if problem is not None:
             pair_rejects.append(Reject(kind="pair", id=f"{label}@{row.line}", stage="pairs", reason=problem[0],
                                        detail=problem[1], path=f"{source},{target}"))
@@ -157,15 +164,85 @@ def referenced_paths(rows: list[PairRow]) -> list[str]:
     return sorted(paths)
 
 
-def hash_inputs(images_root: str, paths: list[str], *, threads: int = 8) -> dict[str, tuple[str, int] | OSError]:
-    def one(path: str) -> tuple[str, tuple[str, int] | OSError]:
-        location = storage.join(images_root, path)
+def list_images(images_root: str, paths: list[str], *, threads: int = 8) -> tuple[dict[str, int], dict[str, OSError]]:
+    """Which named paths are files, from listings of their folders (one paginated listing per folder, in
+    ``threads`` threads; no request per image): (path -> listed size, -1 where the listing does not say),
+    and (path -> the OSError reading it would raise: missing, a folder, below a file or an unreadable folder).
+    """
+    by_folder: dict[str, list[str]] = {}
+    for path in paths:
+        by_folder.setdefault(posixpath.dirname(path), []).append(path)
+
+    def one(folder: str) -> tuple[str, dict[str, tuple[bool, int]] | OSError]:
         try:
-            if storage.is_dir(location):
-                return path, IsADirectoryError(21, "is a directory", location)
-            return path, hash_file(location)
+            return folder, storage.list_entries(storage.join(images_root, folder) if folder else images_root)
+        except OSError as error:
+            return folder, error
+
+    sizes: dict[str, int] = {}
+    failures: dict[str, OSError] = {}
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for folder, entries in pool.map(one, sorted(by_folder)):
+            for path in by_folder[folder]:
+                location = storage.join(images_root, path)
+                if isinstance(entries, OSError):
+                    failures[path] = _same_error(entries, location)
+                    continue
+                entry = entries.get(posixpath.basename(path))
+                if entry is None:
+                    failures[path] = FileNotFoundError(2, "No such file or directory", location)
+                elif entry[0]:
+                    failures[path] = IsADirectoryError(21, "is a directory", location)
+                else:
+                    sizes[path] = entry[1]
+    return sizes, failures
+
+
+def _same_error(error: OSError, location: str) -> OSError:
+    """The folder's listing error, as reading a file inside it would raise it."""
+    if isinstance(error, NotADirectoryError):
+        return NotADirectoryError(20, "Not a directory", location)
+    if isinstance(error, FileNotFoundError):
+        return FileNotFoundError(2, "No such file or directory", location)
+    return type(error)(error.errno, error.strerror or str(error), location)
+
+
+def plan_ids(images_root: str, sizes: dict[str, int], *, threads: int = 8
+             ) -> tuple[dict[str, str], dict[str, tuple[str, int]], dict[str, OSError]]:
+    """Ids for the listed files, from their paths alone; only paths whose ids collide (DESIGN: a short
+    content hash is appended to each) are hashed here, by the driver, before the workers read them again.
+
+    Returns (path -> id, path -> (sha256, size) of the hashed ones, path -> OSError of those that failed).
+    The ids equal what ``list_inputs`` gives once every file's hash is known: a path that is read
+    successfully later keeps its id, since an id depends on other paths' hashes only within a collision."""
+    # Counted, not grouped: one id string per image (the one the result keeps), no list or tuple per image.
+    counts = Counter(base_image_id(path) for path in sizes)
+    colliding = sorted(p for p in sizes if counts[base_image_id(p)] > 1)
+
+    def one(path: str) -> tuple[str, tuple[str, int] | OSError]:
+        try:
+            return path, hash_file(storage.join(images_root, path))
         except OSError as error:
             return path, error
 
+    digests: dict[str, tuple[str, int]] = {}
+    failures: dict[str, OSError] = {}
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return dict(pool.map(one, paths))
+        for path, result in pool.map(one, colliding):
+            if isinstance(result, OSError):
+                failures[path] = result
+            else:
+                digests[path] = result
+    ids: dict[str, str] = {}
+    for path in sizes:
+        base = base_image_id(path)
+        if counts[base] == 1:
+            ids[path] = sys.intern(base)
+            validate_image_id(ids[path], what=f"id of {path!r}")
+    # the colliding paths: assign_image_ids' rule (the ids of paths that failed to hash are not taken)
+    suffixed = assign_image_ids([(p, digests[p][0]) for p in colliding if p in digests])
+    for path, image_id in suffixed.items():
+        if counts.get(image_id, 0) == 1:
+            raise ValueError(f"image id {image_id!r} for {path!r} collides with another input's id")
+        ids[path] = image_id
+    return ids, digests, failures

@@ -24,16 +24,15 @@ class StageStats:
     placed: Counter = field(default_factory=Counter)  # rows per placement, "NODE_ID[/gpu:IDS]" (chain.placement)
 
 
-def job_stats(config, pipeline, stage_stats, phases, listed, todo, counts) -> dict:
+def job_stats(config, pipeline, stage_stats, phases, *, computed: int, cached: int, counts) -> dict:
     """The finished run's stats.json."""
     stages = stage_figures(pipeline, stage_stats)
-    computed = len(todo)
     return {
         "complete": True,
         "stages": stages,
         "phases_seconds": {k: round(v, 3) for k, v in phases.items()},
         "images_computed": computed,
-        "images_cached": len({i.content_hash for i in listed.images}) - computed,
+        "images_cached": cached,
         "images_per_second": round(computed / phases["features"], 3) if computed and phases.get("features") else None,
         "workers": pipeline.workers,
         "layout": pipeline.layout,

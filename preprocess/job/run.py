@@ -6,11 +6,13 @@ shards), report (stats.json and the final table)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,7 +21,8 @@ from preprocess.common import STATUS_OK
 from preprocess.job import inputs as job_inputs
 from preprocess.job.chain import PLACED_PREFIX
 from preprocess.job.config import ErrorBudget, JobConfig, JobError
-from preprocess.job.features import FEATURES_DIR, FeatureRow, features_dir, fingerprint, scan_features
+from preprocess.job.decode import READ_STAGE, STATUS_CACHED
+from preprocess.job.features import CHANGED, FEATURES_DIR, FeatureRow, features_dir, fingerprint, scan_features
 from preprocess.job.layout import Pipeline, build_pipeline, init_ray, probe_models
 from preprocess.job.output import prepare_output, remove_stale_shards
 from preprocess.job.pairs import ShardPlan, join_pairs, plan_shards, write_shard
@@ -36,51 +39,69 @@ from shards.writer import SPLIT_PATTERN
 logger = logging.getLogger(__name__)
 
 
+@dataclass(kw_only=True)
+class FeaturePhase:
+    """What the feature phase gives the driver: per-stage figures, the feature files written, and per
+    listed path what its one read found: (sha256, size), or the OSError text of an unreadable file."""
+
+    stats: dict[str, StageStats]
+    written: set[str]
+    hashes: dict[str, tuple[str, int] | OSError]
+    computed: int = 0  # images whose features were computed (not found in the cache)
+    cached: int = 0
+
+
+def work_table(ids: dict[str, str], sizes: dict[str, int], known: dict[str, tuple[str, int]],
+               cached_by_id: dict[str, str]):
+    """The feature phase's input rows, one per listed file, sorted by id (an Arrow table: compact at 1M)."""
+    import pyarrow as pa
+
+    order = sorted(ids, key=ids.__getitem__)
+    n = len(order)
+    return pa.table({
+        "image_id": [ids[p] for p in order],
+        "source_path": order,
+        "listed_size": pa.array([sizes[p] for p in order], pa.int64()),
+        "cached_hash": [cached_by_id.get(ids[p], "") for p in order],
+        "content_hash": [known[p][0] if p in known else "" for p in order],
+        "status": [STATUS_OK] * n,
+        "reject_stage": [""] * n,
+        "detail": [""] * n,
+    })
+
+
 def compute_features(
     config: JobConfig,
     pipeline: Pipeline,
-    todo: list[job_inputs.ImageInput],
+    work,
     *,
     budget: ErrorBudget,
     errors_so_far: int,
     images_total: int,
-) -> tuple[dict[str, StageStats], set[str]]:
-    """Run the per-image stages over the images not yet in the cache; features land in the table.
-
-    Returns the per-stage figures and the names of the feature files written."""
+) -> FeaturePhase:
+    """Read every listed image once (workers: hash, then decode), run the per-image stages on those whose
+    content is not in the cache; features land in the table."""
     import ray
     from tqdm import tqdm
 
-    stats: dict[str, StageStats] = defaultdict(StageStats)
-    written: set[str] = set()
-    if not todo:
-        return stats, written
-    partial = PartialStats(storage.join(config.out, STATS_NAME), pipeline=pipeline, images_to_compute=len(todo))
+    phase = FeaturePhase(stats=defaultdict(StageStats), written=set(), hashes={})
+    stats = phase.stats
+    if not work.num_rows:
+        return phase
+    partial = PartialStats(storage.join(config.out, STATS_NAME), pipeline=pipeline, images_to_compute=work.num_rows)
     done = 0
-    blocks = max(1, min(len(todo), (len(todo) + config.batch_size - 1) // config.batch_size))
-    dataset = ray.data.from_items(
-        [
-            {
-                "image_id": image.image_id,
-                "source_path": image.source_path,
-                "content_hash": image.content_hash,
-                "status": STATUS_OK,
-                "reject_stage": "",
-                "detail": "",
-            }
-            for image in todo
-        ],
-        override_num_blocks=blocks,
-    )
+    step = config.batch_size
+    dataset = ray.data.from_arrow([work.slice(start, step) for start in range(0, work.num_rows, step)])
+    blocks = (work.num_rows + step - 1) // step
     dataset = pipeline.apply(dataset, blocks=blocks)
     errors = errors_so_far
-    bar = tqdm(total=len(todo), desc="images", unit="img", disable=not config.progress, file=sys.stderr)
+    bar = tqdm(total=work.num_rows, desc="images", unit="img", disable=not config.progress, file=sys.stderr)
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             n = len(batch["image_id"])
             done += n
             bar.update(n)
-            written.update(str(name) for name in batch["feature_file"])
+            phase.written.update(str(name) for name in batch["feature_file"] if name)
             for column, values in batch.items():
                 if column.startswith("seconds_"):
                     stats[column.removeprefix("seconds_")].seconds += float(np.sum(values))
@@ -88,9 +109,21 @@ def compute_features(
                     stats[column.removeprefix(PLACED_PREFIX)].placed.update(str(v) for v in values)
             for name in pipeline.stage_names:
                 stats[name].rows += n
-            for status, stage in zip(batch["status"], batch["reject_stage"]):
+            for path, digest, size, status, stage, error in zip(
+                batch["source_path"], batch["content_hash"], batch["read_size"], batch["status"],
+                batch["reject_stage"], batch["read_error"],
+            ):
+                path, status, stage = str(path), str(status), str(stage)
+                if stage == READ_STAGE:
+                    phase.hashes[path] = (FileNotFoundError if status == "missing_file" else OSError)(str(error))
+                else:
+                    phase.hashes[path] = (str(digest), int(size))
+                if status == STATUS_CACHED:
+                    phase.cached += 1
+                    continue
+                phase.computed += stage != READ_STAGE
                 if status != STATUS_OK:
-                    stats[str(stage)].rejected[str(status)] += 1
+                    stats[stage].rejected[status] += 1
                     errors += 1
             exceeded = budget.exceeded(errors, images_total)
             partial.update(stats, images_done=done, force=exceeded)
@@ -104,7 +137,7 @@ def compute_features(
                 )
     finally:
         bar.close()
-    return stats, written
+    return phase
 
 
 def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
@@ -147,6 +180,26 @@ def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, 
     return ray.get(futures)
 
 
+@contextlib.contextmanager
+def cluster_failures(phase: str):
+    """What Ray could not recover from (a node lost with work Ray cannot rerun elsewhere: an actor pool's
+    last node, an object whose owner died) stops the job with one line saying how to continue. Ray itself
+    reruns the batches and shard tasks of a lost node on the nodes left; this is for the rest."""
+    import ray
+
+    try:
+        yield
+    except ray.exceptions.RayError as error:
+        if isinstance(error, ray.exceptions.RayTaskError) and not isinstance(error.cause, ray.exceptions.RayError):
+            raise  # an error of the task's own code, not of the cluster
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise JobError(
+            f"the cluster lost workers or nodes during {phase} and Ray could not recover "
+            f"({type(error).__name__}: {first[:300]}). What was finished is kept: rerun the same command with "
+            "--resume to continue (finished images are not computed again, the shards come out the same)"
+        ) from error
+
+
 def run_job(config: JobConfig) -> Manifest:
     """The whole job; its log (INFO and up, whatever the console shows) goes to OUT/build_shards.log."""
     if not SPLIT_PATTERN.match(config.split):
@@ -172,13 +225,17 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
         raise JobError(f"--pairs {config.pairs}: no pairs (only a header, or empty)")
     paths = job_inputs.referenced_paths(rows)
     logger.info(f"{len(rows)} pairs naming {len(paths)} images under {config.images}")
-    hashes = job_inputs.hash_inputs(config.images, paths)
-    listed = job_inputs.list_inputs(images_root=config.images, rows=rows, hashes=hashes)
+    # The driver lists folders (no request per image); the workers read and hash each image once.
+    sizes, failures = job_inputs.list_images(config.images, paths)
+    ids, known, hash_failures = job_inputs.plan_ids(config.images, sizes)
+    failures.update(hash_failures)
+    for path in hash_failures:
+        del sizes[path]
     phases["list_inputs"] = time.perf_counter() - started
-    if budget.exceeded(len(listed.image_rejects), listed.images_in):
-        examples = "; ".join(r.detail for r in listed.image_rejects[:3])
+    if budget.exceeded(len(failures), len(paths)):
+        examples = "; ".join(f"{p}: {e.strerror or e}" for p, e in sorted(failures.items())[:3])
         raise JobError(
-            f"{len(listed.image_rejects)} of {listed.images_in} images named by --pairs cannot be read ({examples}), "
+            f"{len(failures)} of {len(paths)} images named by --pairs cannot be read ({examples}), "
             f"more than --max-errors allows ({budget.describe()}). Is --images the folder the pairs are relative to?"
         )
 
@@ -186,14 +243,13 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
     fp = fingerprint(description["fingerprint"])
     directory = features_dir(config.out, fp)
     storage.makedirs(directory)
-    cached = scan_features(directory)
-    representatives: dict[str, job_inputs.ImageInput] = {}
-    for image in listed.images:
-        representatives.setdefault(image.content_hash, image)
-    todo = [image for digest, image in sorted(representatives.items()) if digest not in cached]
+    cached_by_id: dict[str, str] = {}
+    cached = scan_features(directory, ids=cached_by_id)
+    work = work_table(ids, sizes, known, cached_by_id)
+    del sizes
     logger.info(
-        f"{len(listed.images)} readable images ({len(representatives)} distinct), {len(representatives) - len(todo)} "
-        f"already in the feature cache, {len(todo)} to compute; models fingerprint {fp[:16]}"
+        f"{len(ids)} images listed, {sum(ids[p] in cached_by_id for p in ids)} of them in the feature cache if "
+        f"unchanged; each is read once by a worker, the others to compute; models fingerprint {fp[:16]}"
     )
 
     owns_ray = not ray.is_initialized()
@@ -208,13 +264,20 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
                             latent_channels=probe["latent_channels"])
         logger.info(pipeline.describe())
         t = time.perf_counter()
-        stage_stats, written = compute_features(
-            config, pipeline, todo, budget=budget, errors_so_far=len(listed.image_rejects),
-            images_total=listed.images_in,
-        )
+        with cluster_failures("features"):
+            phase = compute_features(
+                config, pipeline, work, budget=budget, errors_so_far=len(failures), images_total=len(paths),
+            )
         phases["features"] = time.perf_counter() - t
-        features = {**scan_features(directory, names=written), **cached}
-        missing = [image for image in representatives.values() if image.content_hash not in features]
+        unread = set(ids) - set(phase.hashes)
+        if unread:
+            raise JobError(f"{len(unread)} listed images came back from no worker (e.g. {min(unread)}); rerun with --resume")
+        listed = job_inputs.list_inputs(images_root=config.images, rows=rows, hashes={**failures, **phase.hashes}, ids=ids)
+        features = dict(cached)
+        for digest, row in scan_features(directory, names=phase.written).items():
+            if digest not in features or features[digest].values["status"] == CHANGED:
+                features[digest] = row
+        missing = [image for image in listed.images if image.content_hash not in features]
         if missing:
             raise JobError(f"{len(missing)} images have no feature rows after the run (e.g. {missing[0].source_path}); rerun with --resume")
 
@@ -232,7 +295,8 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
         plans = plan_shards(samples, features, split=config.split, seed=config.seed,
                             shard_bytes=config.shard_bytes, min_shards=config.min_shards)
         remove_stale_shards(config.out, config.split, {p.name for p in plans})
-        records = write_shards(config, plans, features, geometry)
+        with cluster_failures("shard writing"):
+            records = write_shards(config, plans, features, geometry)
         phases["shards"] = time.perf_counter() - t
     finally:
         if owns_ray:
@@ -254,7 +318,8 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
         raise JobError(f"internal accounting error, please report: {problems}")
     write_rejects(storage.join(config.out, REJECTS_NAME), image_rejects + pair_rejects)
     phases["total"] = time.perf_counter() - started
-    stats = job_stats(config, pipeline, stage_stats, phases, listed, todo, counts)
+    stats = job_stats(config, pipeline, phase.stats, phases, computed=phase.computed, cached=phase.cached,
+                      counts=counts)
     write_stats(storage.join(config.out, STATS_NAME), stats)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,

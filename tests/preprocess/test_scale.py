@@ -26,3 +26,14 @@ def test_scale_bench_writes_every_pair_into_shards_that_decode(tmp_path, capsys)
         assert sample["tgt_pose"].shape == (512, 512, 3) and sample["tgt_latent"].shape == (8, 64, 64)
         found.add((meta["source_path"], meta["target_path"]))
     assert found == expected
+
+
+def test_plan_phase_bench_reads_every_tiny_file_and_plans_every_pair(tmp_path, capsys):
+    """--phase plan: the planning phase on N tiny files (the hashes come from the workers' one read each)."""
+    images = 30
+    assert main(["--scale", str(images), "--scale-out", str(tmp_path), "--phase", "plan", "--workers", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == images and result["pairs"] == len(pair_rows(images, 2))
+    for name in ("plan_seconds", "driver_rss_baseline_mb", "driver_rss_peak_mb", "workers_rss_peak_mb"):
+        assert result[name] > 0, name
+    assert (tmp_path / "images" / image_path(images - 1)).read_bytes() == f"scale-image-{images - 1}".encode()

@@ -55,3 +55,33 @@ def test_every_row_and_path_gets_a_fate():
     assert len(listed.pairs) + len(listed.pair_rejects) == listed.pairs_in
     for reject in listed.pair_rejects:
         assert reject.detail.startswith("line ")
+
+
+def test_listing_sorts_paths_into_files_and_reasons_without_reading_any(tmp_path, monkeypatch):
+    """The driver lists folders; only paths whose ids collide are read (hashed) before the workers."""
+    from preprocess.job import inputs
+    from shards import storage
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"12345")
+    (tmp_path / "a" / "sub").mkdir()
+    (tmp_path / "a_x.jpg").write_bytes(b"other")  # its id, a_x_jpg, collides with a/x.jpg's
+    (tmp_path / "b.jpg").write_bytes(b"b")
+    opened = []
+    real = storage.sha256_of
+    monkeypatch.setattr(storage, "sha256_of", lambda location: opened.append(location) or real(location))
+    paths = ["a/x.jpg", "a/sub", "a/missing.jpg", "a_x.jpg", "b.jpg", "nowhere/c.jpg", "b.jpg/d.jpg"]
+    sizes, failures = inputs.list_images(str(tmp_path), paths)
+    assert sizes == {"a/x.jpg": 5, "a_x.jpg": 5, "b.jpg": 1}
+    assert {p: type(e) for p, e in failures.items()} == {
+        "a/sub": IsADirectoryError, "a/missing.jpg": FileNotFoundError, "nowhere/c.jpg": FileNotFoundError,
+        "b.jpg/d.jpg": NotADirectoryError}
+    assert opened == []
+    ids, digests, hash_failures = inputs.plan_ids(str(tmp_path), sizes)
+    assert sorted(opened) == sorted(str(tmp_path / p) for p in ("a/x.jpg", "a_x.jpg")) and not hash_failures
+    assert ids["b.jpg"] == "b_jpg" and ids["a/x.jpg"] != ids["a_x.jpg"]
+    # the ids are the ones list_inputs gives once every hash is known
+    hashes = {**digests, "b.jpg": storage.sha256_of(str(tmp_path / "b.jpg"))}
+    listed = inputs.list_inputs(images_root=str(tmp_path), rows=[PairRow(line=2, source="a/x.jpg", target="b.jpg")],
+                                hashes=hashes)
+    assert {i.source_path: i.image_id for i in listed.images} == ids
