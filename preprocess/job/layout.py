@@ -286,7 +286,8 @@ def init_ray(config: JobConfig) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(**ctx_kwargs)  # inside `ray job submit`: join the cluster the job runs on
     else:
-        ray.init(address="local", num_cpus=config.local_cpus, include_dashboard=False, **ctx_kwargs)  # never a cluster found by chance
+        # address="local": a new instance, never a cluster that happens to run on this machine
+        ray.init(address="local", num_cpus=config.local_cpus, include_dashboard=False, **ctx_kwargs)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = config.progress
     context.print_on_execution_start = config.progress

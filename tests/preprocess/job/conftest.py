@@ -29,7 +29,8 @@ def ray_local(model_cache):
 
     from preprocess.job.layout import ray_runtime_env
 
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=ray_runtime_env(),
+             log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

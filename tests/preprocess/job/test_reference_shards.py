@@ -74,7 +74,8 @@ def _regenerate(destination: str) -> None:
     from preprocess.demo import write_demo_inputs
     from preprocess.job.layout import ray_runtime_env
 
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=ray_runtime_env(),
+             log_to_driver=False)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         (root / "demo").mkdir()
