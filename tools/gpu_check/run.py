@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -125,9 +126,20 @@ def run_part(ctx: Context, name: str, function: Callable[[Context, PartRecord], 
     return part
 
 
+def json_safe(value: Any) -> Any:
+    """inf and nan as strings: strict JSON has no Infinity/NaN, and a benchmark may report either."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_report(path: Path, report: dict[str, Any]) -> None:
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=1, allow_nan=False))
+    temporary.write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
     temporary.replace(path)
 
 

@@ -65,9 +65,10 @@ def _attempt(part: PartRecord, key: str, run, *, device: str):
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
-        release_memory()
-        part.figures.setdefault("out_of_memory", []).append(key)
-        return {"out_of_memory": True, "error": str(error).splitlines()[0][:200]}
+        message = str(error).splitlines()[0][:200]
+    release_memory()  # outside the except block: its traceback no longer holds the failed run's tensors
+    part.figures.setdefault("out_of_memory", []).append(key)
+    return {"out_of_memory": True, "error": message}
 
 
 def _skipped_step(part: PartRecord, key: str, why: Skip) -> None:
