@@ -30,3 +30,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf demo_out demo_run .pytest_cache
+
+# The one-shot GPU check (README "Benchmarks"): parity and throughput on this machine's GPU, one JSON.
+# Without the venv: PYTHONPATH=. python -m tools.gpu_check -o gpu_check_out --device cuda
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	PYTHONPATH=. $(BIN)/python -m tools.gpu_check -o gpu_check_out --device cuda

@@ -198,12 +198,25 @@ def _model_config(arch: Arch) -> dict:
     return tiny
 
 
+def _built_on(device: torch.device):
+    """Parameters created on the device itself: a real-size model's random init on a GPU takes seconds, not minutes."""
+    return torch.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def measure_steps(*, arch: Arch, device: torch.device, batch_size: int, height: int, width: int, steps: int,
-                  online: bool, mixed_precision: bool) -> dict:
-    """Training steps/s of the real step function; with ``online`` the encoders make the batch first."""
-    config = config_from_dict(_model_config(arch), where=f"bench-{arch.name}")
+                  online: bool, mixed_precision: bool, dtype: torch.dtype = torch.float16,
+                  gradient_checkpointing: bool = False) -> dict:
+    """Training steps/s of the real step function; with ``online`` the encoders make the batch first.
+
+    ``dtype`` is the autocast type when ``mixed_precision``; on CUDA the result has the peak memory in GiB.
+    """
+    data = _model_config(arch)
+    data["model"]["gradient_checkpointing"] = gradient_checkpointing
+    config = config_from_dict(data, where=f"bench-{arch.name}")
     torch.manual_seed(0)
-    model = build_mcld(config.model, clip_dim=arch.clip_dim, face_dim=512, latent_channels=8, where="bench").to(device)
+    with _built_on(device):
+        model = build_mcld(config.model, clip_dim=arch.clip_dim, face_dim=512, latent_channels=8, where="bench")
+    model = model.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     scheduler = build_scheduler(NoiseConfig())
     stats = ClipStats(null=torch.zeros(arch.clip_dim), std=torch.ones(arch.clip_dim)).to(device)
@@ -211,7 +224,7 @@ def measure_steps(*, arch: Arch, device: torch.device, batch_size: int, height: 
     if online:
         vae, clip, _ = build_encoders(arch)
         vae, clip = vae.to(device), clip.to(device)
-    dtype = torch.float16 if mixed_precision else torch.float32
+    dtype = dtype if mixed_precision else torch.float32
     h, w = height // 8, width // 8
     generator = torch.Generator().manual_seed(1)
 
@@ -251,6 +264,8 @@ def measure_steps(*, arch: Arch, device: torch.device, batch_size: int, height: 
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     step()  # warm-up
     synchronize()
     started = time.perf_counter()
@@ -258,8 +273,13 @@ def measure_steps(*, arch: Arch, device: torch.device, batch_size: int, height: 
         step()
     synchronize()
     elapsed = time.perf_counter() - started
-    return {"online_extraction": online, "steps": steps, "steps_per_s": round(steps / elapsed, 4),
-            "samples_per_s": round(steps * batch_size / elapsed, 3)}
+    result = {"online_extraction": online, "steps": steps, "steps_per_s": round(steps / elapsed, 4),
+              "samples_per_s": round(steps * batch_size / elapsed, 3), "seconds_per_step": float(f"{elapsed / steps:.5g}"),
+              "autocast": str(dtype).removeprefix("torch.") if mixed_precision else None,
+              "gradient_checkpointing": gradient_checkpointing}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return result
 
 
 def measure_sampling(*, arch: Arch, device: torch.device, batch_size: int, height: int, width: int, steps: int,
@@ -270,7 +290,8 @@ def measure_sampling(*, arch: Arch, device: torch.device, batch_size: int, heigh
 
     config = config_from_dict(_model_config(arch), where=f"bench-{arch.name}")
     torch.manual_seed(0)
-    model = build_mcld(config.model, clip_dim=arch.clip_dim, face_dim=512, latent_channels=8, where="bench")
+    with _built_on(device):
+        model = build_mcld(config.model, clip_dim=arch.clip_dim, face_dim=512, latent_channels=8, where="bench")
     model = model.to(device, dtype=dtype).eval()
     vae, _, _ = build_encoders(arch)
     vae = vae.to(device).eval()
@@ -296,6 +317,8 @@ def measure_sampling(*, arch: Arch, device: torch.device, batch_size: int, heigh
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     once()  # warm-up
     times = []
     for _ in range(repeats):
@@ -306,7 +329,9 @@ def measure_sampling(*, arch: Arch, device: torch.device, batch_size: int, heigh
     return {"arch": arch.name, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
             "resolution": f"{height}x{width}", "batch_size": batch_size, "ddim_steps": steps,
             "seconds_per_batch": round(best, 4), "pairs_per_s": round(batch_size / best, 4),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            **({"peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+               if device.type == "cuda" else {})}
 
 
 def _resolution(text: str) -> tuple[int, int]:
