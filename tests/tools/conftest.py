@@ -8,7 +8,6 @@ import pytest
 
 from tests.conftest import SharedFixtures
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _find_sets(folder: Path) -> list[str]:

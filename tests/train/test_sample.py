@@ -145,6 +145,16 @@ def test_an_edit_is_plain_sampling_of_shards_that_carry_the_donors_features(trai
     face_key = next(k for k in keys if samples[k]["meta"]["face_ok"])  # a donor with a face
     look_key = next(k for k in keys if k != face_key)
     face, look = samples[face_key], samples[look_key]
+    # A face edit carries the donor's face and nothing else; an appearance edit the reverse.
+    pair = samples[keys[-1]]
+    face_only = apply_edits(pair, face=Donor(spec=face_key, key=face_key, sample=face), appearance=None)
+    look_only = apply_edits(pair, face=None, appearance=Donor(spec=look_key, key=look_key, sample=look))
+    for name in ("ref_latent", "src_clip", "tex_clip", "tgt_latent", "tgt_pose"):
+        np.testing.assert_array_equal(face_only[name], pair[name], err_msg=name)
+    np.testing.assert_array_equal(face_only["face_emb"], face["face_emb"])
+    for name in ("face_emb", "tgt_latent", "tgt_pose"):
+        np.testing.assert_array_equal(look_only[name], pair[name], err_msg=name)
+    assert look_only["meta"]["face_ok"] == pair["meta"]["face_ok"]
 
     def sample(name: str, source: Path, *edits: str) -> dict[str, bytes]:
         assert in_process(sample_main, ["--shards", str(source), "--weights", str(checkpoint), *FAST,
@@ -162,17 +172,6 @@ def test_an_edit_is_plain_sampling_of_shards_that_carry_the_donors_features(trai
         assert (face_edit[name] == plain[name]) == (key == face_key), key
         assert (look_edit[name] == plain[name]) == (key == look_key), key
     assert face_edit != look_edit
-    # A face edit carries the donor's face and nothing else; an appearance edit the reverse.
-    pair = samples[keys[-1]]
-    donors = {"face": Donor(spec=face_key, key=face_key, sample=face), "appearance": Donor(spec=look_key, key=look_key, sample=look)}
-    face_only = apply_edits(pair, face=donors["face"], appearance=None)
-    look_only = apply_edits(pair, face=None, appearance=donors["appearance"])
-    for name in ("ref_latent", "src_clip", "tex_clip", "tgt_latent", "tgt_pose"):
-        np.testing.assert_array_equal(face_only[name], pair[name], err_msg=name)
-    np.testing.assert_array_equal(face_only["face_emb"], face["face_emb"])
-    for name in ("face_emb", "tgt_latent", "tgt_pose"):
-        np.testing.assert_array_equal(look_only[name], pair[name], err_msg=name)
-    assert look_only["meta"]["face_ok"] == pair["meta"]["face_ok"]
 
 
 def test_both_edits_write_contact_sheets(trained, tmp_path):
