@@ -9,7 +9,6 @@ import pytest
 from tests.conftest import SharedFixtures
 
 
-
 def _find_sets(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("set_*") if p.is_dir())
 
