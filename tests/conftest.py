@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import numpy as np
 import pytest
 
 from preprocess.common import object_column
+from tests.ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (CI=true: skips fail)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
 
 def stage_batch(n: int, *, status: list[str] | None = None, ids: list[str] | None = None,
@@ -33,6 +38,55 @@ def stage_batch(n: int, *, status: list[str] | None = None, ids: list[str] | Non
     for name, values in columns.items():
         batch[name] = object_column(values) if isinstance(values, list) else values
     return batch
+
+
+@dataclass(frozen=True)
+class SharedFixtures:
+    """One reference fixture set: the folder its environment variable names, else ../shared/fixtures/NAME.
+
+    ``cases`` is what the set's finder found there. A variable that is set must name a folder holding a case
+    (set but empty, missing or without a case fails, naming it); unset, a missing shared folder (a user's
+    clone) skips with a clear message, and a shared folder with no case fails."""
+
+    env: str
+    folder: Path
+    cases: tuple
+    override: str | None  # the variable's value when set
+
+    @classmethod
+    def find(cls, env: str, name: str, finder: Callable[[Path], Sequence]) -> SharedFixtures:
+        override = os.environ.get(env)
+        folder = Path(override) if override else SHARED_FIXTURES / name
+        cases = tuple(finder(folder)) if override != "" and folder.is_dir() else ()
+        return cls(env=env, folder=folder, cases=cases, override=override)
+
+    def problem(self) -> tuple[str, str] | None:
+        """None when there is a case; else ("skip" | "fail", the reason)."""
+        if self.cases:
+            return None
+        if self.override == "":
+            return "fail", f"{self.env} is set but empty: name the fixture folder, or unset it"
+        if self.override is not None:
+            what = "is not a folder" if not self.folder.is_dir() else "holds no case"
+            return "fail", f"{self.env}={self.override}: {self.folder} {what}"
+        if not self.folder.is_dir():
+            return "skip", (f"reference fixtures not found at {self.folder} (a clone without ../shared; "
+                            f"set {self.env} to their folder)")
+        return "fail", f"{self.folder} holds no case (the shared fixtures are incomplete; or set {self.env})"
+
+    def require(self) -> Path:
+        """The folder, when it holds a case; else skip or fail the calling test with the reason."""
+        problem = self.problem()
+        if problem is None:
+            return self.folder
+        kind, reason = problem
+        if kind == "skip":
+            pytest.skip(reason)
+        pytest.fail(reason, pytrace=False)
+
+    def params(self, ids: Callable[[object], str] = str) -> list:
+        """The cases as pytest params; with none, one param "no-case" whose test must call require()."""
+        return [pytest.param(case, id=ids(case)) for case in self.cases] or [pytest.param(None, id="no-case")]
 
 
 @pytest.fixture
@@ -120,8 +174,8 @@ def s3_server(tmp_path_factory):
     The endpoint is given the standard way, AWS_ENDPOINT_URL, which botocore and so s3fs read; the process
     environment carries it (and dummy keys) while the server runs, so Ray workers and DataLoader workers
     started afterwards inherit it. Stopped, and the environment restored, at the end."""
-    pytest.importorskip("s3fs", reason="s3fs is the optional extra mcld-data[s3]: pip install -e '.[test,s3]'")
-    pytest.importorskip("moto.server", reason="moto[server] is in the test extra: pip install -e '.[test,s3]'")
+    import moto.server  # noqa: F401 (moto[server] is in the test extra: pip install -e '.[test,s3]')
+    import s3fs  # noqa: F401 (the optional extra mcld-data[s3]; `make setup` installs it)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = Path(tmp_path_factory.mktemp("moto")) / "server.log"

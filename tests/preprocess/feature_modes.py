@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -11,7 +12,7 @@ import yaml
 from preprocess.texture import uvdata
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-TEXTURE_FIXTURES = SHARED / "fixtures" / "texture"
+TEXTURE_FIXTURES = Path(os.environ.get("MCLD_TEXTURE_FIXTURES") or SHARED / "fixtures" / "texture")
 
 
 def write_part_masks_png(path: Path, masks: np.ndarray) -> Path:

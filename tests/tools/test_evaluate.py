@@ -32,11 +32,8 @@ def _evaluate(*args) -> int:
 
 
 @pytest.fixture(scope="module")
-def visible_set(eval_fixture_dir):
-    folder = eval_fixture_dir / "set_v"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not found")
-    return folder
+def visible_set(first_set):
+    return first_set
 
 
 # ------------------------------------------------------------------ the sampler's GEN folder

@@ -9,7 +9,7 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from tests.tools.conftest import eval_fixtures, eval_sets
+from tests.tools.conftest import EVAL
 from tools.cli import main
 
 #: The fixture README's suggested tolerances for a CPU evaluator fed the same files.
@@ -34,10 +34,9 @@ def _close(ours, expected: float, tolerance: float, *, relative: bool = False) -
     return abs(ours - expected) <= bound
 
 
-@pytest.mark.parametrize("set_name", eval_sets() or [pytest.param(None, marks=pytest.mark.skip(
-    reason=f"no set_* folders in {eval_fixtures()} (set MCLD_EVAL_FIXTURES)"))])
-def test_metrics_match_the_reference(set_name, eval_models, tmp_path):
-    folder = eval_fixtures() / set_name
+@pytest.mark.parametrize("set_name", EVAL.params())
+def test_metrics_match_the_reference(set_name, eval_fixture_dir, eval_models, tmp_path):
+    folder = eval_fixture_dir / set_name
     expected = json.loads((folder / "expected.json").read_text())
     resolutions = [res for res in ("256", "512") if res in expected["aggregates"]]
     out = tmp_path / "report"

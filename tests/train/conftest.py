@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,13 +11,20 @@ import torch
 import yaml
 from diffusers import AutoencoderKL
 
-from shards.manifest import ModelRecord, read_manifest, write_manifest
+from shards.manifest import MANIFEST_NAME, ModelRecord, read_manifest, write_manifest
+from shards.reader import iter_samples
 from shards.schema import Geometry
 from shards.synthetic import write_synthetic_dataset
+from shards.writer import ShardWriter
 from train.config import CONFIG_DIR, config_from_dict
+from tests.conftest import SharedFixtures
 from train.model import build_mcld
 
 CLIP_DIM = 24
+
+#: $MCLD_INFER_FIXTURES, else ../shared/fixtures/mcld_infer: the reference sampler's weights and case_* folders.
+INFER = SharedFixtures.find("MCLD_INFER_FIXTURES", "mcld_infer",
+                            lambda folder: sorted(p for p in folder.glob("case_*") if p.is_dir()))
 GEOMETRY = Geometry(height=64, width=64, clip_dim=CLIP_DIM)
 
 
@@ -102,3 +111,46 @@ def fresh_accelerate():
 
 def clone(module):
     return copy.deepcopy(module)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Synthetic shards (5 pairs in 3 shards, a VAE recorded) and a 2-step tiny run's checkpoint (the
+    sampler's end-to-end tests and the checkpoint export share it: one training run)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from train.run import main as train_main
+
+    base = tmp_path_factory.mktemp("sample-e2e")
+    shards = base / "out"
+    write_synthetic_dataset(str(shards), geometry=GEOMETRY, samples=5, samples_per_shard=2, seed=11)
+    add_vae_record(shards, write_tiny_vae(base / "vae"))
+    config = write_config(base / "c.yaml", validation={"vae_path": None}, checkpoint={"every": 2, "keep_last": 1},
+                          data={"num_workers": 0, "batch_size": 2})
+    run = base / "run"
+    try:
+        assert train_main(["--shards", str(shards), "--config", str(config), "--output-dir", str(run),
+                           "--max-steps", "2"]) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return shards, run / "checkpoint-2"
+
+
+def rewrite_shards(source: Path, out: Path, change: Callable[[dict], dict], *, samples_per_shard: int = 2) -> Path:
+    """A copy of a shard folder (manifest, rejects and all) whose samples went through ``change``: the same
+    keys in the same order, written and checksummed again by the project's writer."""
+    manifest = read_manifest(str(source))
+    out.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file() and not path.name.endswith(".tar") and path.name != MANIFEST_NAME:
+            shutil.copy2(path, out / path.name)
+    records = []
+    for split in manifest.splits:
+        with ShardWriter(str(out), split=split, geometry=manifest.geometry, max_samples=samples_per_shard) as writer:
+            for sample in iter_samples(str(source), split=split):
+                writer.write(change({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}))
+        records += writer.records
+    manifest.shards = records
+    write_manifest(str(out), manifest)
+    return out

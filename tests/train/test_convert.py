@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 from pathlib import Path
 
@@ -11,16 +11,19 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from tests.train.conftest import call, model_inputs, tiny_model, write_config
+from tests.train.conftest import INFER, call, model_inputs, tiny_model, write_config
 from train.convert import load_weights, main as convert_main
 from train.run import main as train_main
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("MCLD_INFER_FIXTURES", ROOT.parent / "shared" / "fixtures" / "mcld_infer"))
-WEIGHTS = FIXTURES / "weights"
+WEIGHTS = INFER.folder / "weights"
 NAMES = ("denoising_unet.pth", "reference_unet.pth", "pose_guider.pth", "image_proj_model.pth")
-needs_fixture = pytest.mark.skipif(not (WEIGHTS / "denoising_unet.pth").is_file(),
-                                   reason=f"MCLD inference fixtures not found at {FIXTURES} (set MCLD_INFER_FIXTURES)")
+
+
+@pytest.fixture()
+def needs_fixture():
+    """The reference weights: skipped in a clone without ../shared, failing when MCLD_INFER_FIXTURES names
+    a folder without a case."""
+    INFER.require()
 
 
 def _from_mcld(ckpt: Path, out: Path) -> int:
@@ -29,7 +32,7 @@ def _from_mcld(ckpt: Path, out: Path) -> int:
                          "--pose-guider", str(WEIGHTS / "pose_guider.json")])
 
 
-@needs_fixture
+@pytest.mark.usefixtures("needs_fixture")
 def test_round_trip_gives_byte_equal_tensors(tmp_path):
     assert _from_mcld(WEIGHTS, tmp_path / "ours") == 0
     assert convert_main(["to-mcld", str(tmp_path / "ours"), "-o", str(tmp_path / "back")]) == 0
@@ -46,7 +49,7 @@ def test_round_trip_gives_byte_equal_tensors(tmp_path):
     assert _from_mcld(alias, tmp_path / "ours2") == 0
 
 
-@needs_fixture
+@pytest.mark.usefixtures("needs_fixture")
 @pytest.mark.parametrize("damage, message", [
     ("missing", "pose_guider.pth: missing"),
     ("shape", "pose_guider.pth: 'conv_in.weight' has shape (1, 2)"),
@@ -75,7 +78,7 @@ def test_bad_checkpoints_are_refused_naming_file_and_key(tmp_path, capsys, damag
     assert not (tmp_path / "out").exists()
 
 
-@needs_fixture
+@pytest.mark.usefixtures("needs_fixture")
 def test_pickled_objects_are_refused(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(WEIGHTS, ckpt)
@@ -144,3 +147,43 @@ def test_init_from_starts_at_step_zero_from_those_weights(shards_dir, tmp_path, 
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert _train([*common, "--output-dir", str(tmp_path / "third"), "--init-from", str(tmp_path / "nowhere")]) == 2
     assert "--init-from" in capsys.readouterr().err
+
+
+def test_a_training_checkpoint_exports_to_mcld_and_converts_back_tensor_for_tensor(trained, tmp_path):
+    """RUN/checkpoint-STEP (2 tiny steps) -> the reference's four files -> our weights -> the four files again:
+    every tensor of both exports byte-equal, and every tensor the reference keeps equal to the checkpoint's."""
+    _, checkpoint = trained
+    assert convert_main(["to-mcld", str(checkpoint), "-o", str(tmp_path / "mcld")]) == 0
+    assert sorted(p.name for p in (tmp_path / "mcld").glob("*.pth")) == sorted(NAMES)
+
+    # What the reference needs beside the four files: an SD folder (unet/config.json) and the two JSONs.
+    trained = load_weights(checkpoint)
+    spec, model = trained.spec, trained.model
+    base = tmp_path / "sd"
+    model.denoising_unet.save_config(str(base / "unet"))
+    projector = spec.model.face_projector
+    (tmp_path / "projector.json").write_text(json.dumps({
+        "dim": projector.hidden_dim, "depth": projector.depth, "dim_head": projector.head_dim,
+        "heads": projector.heads, "num_queries": projector.tokens, "embedding_dim": spec.face_dim,
+        "output_dim": spec.clip_dim, "ff_mult": projector.ff_mult, "ip_scale_in_set_ip_adapter": spec.model.face_scale}))
+    (tmp_path / "guider.json").write_text(json.dumps({
+        "conditioning_embedding_channels": model.denoising_unet.config.block_out_channels[0],
+        "conditioning_channels": 3, "block_out_channels": list(spec.model.pose_guider_channels)}))
+    assert convert_main(["from-mcld", str(tmp_path / "mcld"), "--base-model", str(base), "-o", str(tmp_path / "ours"),
+                         "--projector", str(tmp_path / "projector.json"),
+                         "--pose-guider", str(tmp_path / "guider.json")]) == 0
+    assert convert_main(["to-mcld", str(tmp_path / "ours"), "-o", str(tmp_path / "again")]) == 0
+    for name in NAMES:
+        first = torch.load(tmp_path / "mcld" / name, weights_only=True)
+        again = torch.load(tmp_path / "again" / name, weights_only=True)
+        assert set(first) == set(again) and first, name
+        for key, value in first.items():
+            assert again[key].dtype == value.dtype and again[key].numpy().tobytes() == value.numpy().tobytes(), key
+    original = model.state_dict()
+    back = load_weights(tmp_path / "ours").model.state_dict()
+    assert set(back) == set(original)
+    # The reference's ReferenceNet has no output head (nothing reads it): the only tensors not carried over.
+    head = {k for k in original if k.startswith(("reference_unet.conv_norm_out.", "reference_unet.conv_out."))}
+    assert head
+    for key in sorted(set(original) - head):
+        assert back[key].dtype == original[key].dtype and torch.equal(back[key], original[key]), key

@@ -17,10 +17,8 @@ from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 from shards.reader import iter_samples
-from shards.synthetic import write_synthetic_dataset
-from tests.train.conftest import GEOMETRY, add_vae_record, write_config, write_tiny_vae
-from train.run import main as train_main
-from train.sample import main as sample_main
+from tests.train.conftest import GEOMETRY, rewrite_shards
+from train.sample import Donor, apply_edits, main as sample_main
 from train.sampling import EVAL_SIZES, pair_noise
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,21 +35,6 @@ def in_process(main, argv: list[str]) -> int:
         return main(argv)
     finally:
         _reset()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Synthetic shards (5 pairs in 3 shards, a VAE recorded) and a 2-step tiny run's checkpoint."""
-    base = tmp_path_factory.mktemp("sample-e2e")
-    shards = base / "out"
-    write_synthetic_dataset(str(shards), geometry=GEOMETRY, samples=5, samples_per_shard=2, seed=11)
-    add_vae_record(shards, write_tiny_vae(base / "vae"))
-    config = write_config(base / "c.yaml", validation={"vae_path": None}, checkpoint={"every": 2, "keep_last": 1},
-                          data={"num_workers": 0, "batch_size": 2})
-    run = base / "run"
-    assert in_process(train_main, ["--shards", str(shards), "--config", str(config), "--output-dir", str(run),
-                                   "--max-steps", "2"]) == 0
-    return shards, run / "checkpoint-2"
 
 
 def _pngs(gen: Path) -> dict[str, bytes]:
@@ -140,12 +123,62 @@ def test_pair_noise_depends_on_seed_and_key_only():
     assert not np.array_equal(first[0].numpy(), pair_noise(43, ["a__b"], (4, 2, 2))[0].numpy())
 
 
-def test_face_and_appearance_edits_write_contact_sheets(trained, tmp_path):
+def _generated(gen: Path) -> dict[str, bytes]:
+    """The sampled PNGs of every size (not the edits' contact sheets)."""
+    return {name: data for name, data in _pngs(gen).items() if not name.startswith("edits/")}
+
+
+def _with_face(donor: dict):
+    return lambda sample: dict(sample, face_emb=donor["face_emb"], meta=dict(sample["meta"], face_ok=donor["meta"]["face_ok"]))
+
+
+def _with_appearance(donor: dict):
+    return lambda sample: dict(sample, **{name: donor[name] for name in ("ref_latent", "src_clip", "tex_clip")})
+
+
+def test_an_edit_is_plain_sampling_of_shards_that_carry_the_donors_features(trained, tmp_path):
+    """--face-from K gives the bytes plain sampling gives where every pair's face features are K's;
+    --appearance-from the same with the texture latent and CLIP tokens; each edit changes only its inputs."""
+    shards, checkpoint = trained
+    samples = {s["__key__"]: s for s in iter_samples(str(shards))}
+    keys = sorted(samples)
+    face_key = next(k for k in keys if samples[k]["meta"]["face_ok"])  # a donor with a face
+    look_key = next(k for k in keys if k != face_key)
+    face, look = samples[face_key], samples[look_key]
+    # A face edit carries the donor's face and nothing else; an appearance edit the reverse.
+    pair = samples[keys[-1]]
+    face_only = apply_edits(pair, face=Donor(spec=face_key, key=face_key, sample=face), appearance=None)
+    look_only = apply_edits(pair, face=None, appearance=Donor(spec=look_key, key=look_key, sample=look))
+    for name in ("ref_latent", "src_clip", "tex_clip", "tgt_latent", "tgt_pose"):
+        np.testing.assert_array_equal(face_only[name], pair[name], err_msg=name)
+    np.testing.assert_array_equal(face_only["face_emb"], face["face_emb"])
+    for name in ("face_emb", "tgt_latent", "tgt_pose"):
+        np.testing.assert_array_equal(look_only[name], pair[name], err_msg=name)
+    assert look_only["meta"]["face_ok"] == pair["meta"]["face_ok"]
+
+    def sample(name: str, source: Path, *edits: str) -> dict[str, bytes]:
+        assert in_process(sample_main, ["--shards", str(source), "--weights", str(checkpoint), *FAST,
+                                        "--output-dir", str(tmp_path / name), *edits]) == 0
+        return _generated(tmp_path / name)
+
+    plain = sample("plain", shards)
+    face_edit = sample("face", shards, "--face-from", face_key)
+    look_edit = sample("look", shards, "--appearance-from", f"{shards}:{look_key}")
+    assert face_edit == sample("face-copy", rewrite_shards(shards, tmp_path / "face-shards", _with_face(face)))
+    assert look_edit == sample("look-copy", rewrite_shards(shards, tmp_path / "look-shards", _with_appearance(look)))
+    own = f"{GEOMETRY.height}x{GEOMETRY.width}"
+    for key in keys:  # each edit alone moves every pair but its own donor
+        name = f"{own}/{key}.png"
+        assert (face_edit[name] == plain[name]) == (key == face_key), key
+        assert (look_edit[name] == plain[name]) == (key == look_key), key
+    assert face_edit != look_edit
+
+
+def test_both_edits_write_contact_sheets(trained, tmp_path):
     shards, checkpoint = trained
     keys = sorted(s["__key__"] for s in iter_samples(str(shards)))
     common = ["--shards", str(shards), "--weights", str(checkpoint), *FAST]
-    plain, edited = tmp_path / "plain", tmp_path / "edited"
-    assert in_process(sample_main, [*common, "--output-dir", str(plain)]) == 0
+    edited = tmp_path / "edited"
     assert in_process(sample_main, [*common, "--output-dir", str(edited), "--face-from", keys[0],
                                     "--appearance-from", f"{shards}:{keys[1]}"]) == 0
     own = f"{GEOMETRY.height}x{GEOMETRY.width}"
@@ -154,8 +187,6 @@ def test_face_and_appearance_edits_write_contact_sheets(trained, tmp_path):
         assert sheet.shape == (2 * GEOMETRY.height, 4 * GEOMETRY.width, 3)  # one row per edit
         result = np.asarray(Image.open(edited / own / f"{key}.png"))
         assert np.array_equal(sheet[:GEOMETRY.height, 3 * GEOMETRY.width:], result)
-    # Every pair now wears keys[1]'s appearance: keys[1] itself only changes by the face.
-    assert (edited / own / f"{keys[2]}.png").read_bytes() != (plain / own / f"{keys[2]}.png").read_bytes()
     settings = json.loads((edited / "settings.json").read_text())
     assert settings["edits"] == {"face_from": keys[0], "appearance_from": f"{shards}:{keys[1]}"}
     assert in_process(sample_main, [*common, "--output-dir", str(tmp_path / "x"), "--face-from", "no__such"]) == 2

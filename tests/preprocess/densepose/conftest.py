@@ -8,30 +8,35 @@ import torch
 from skimage import data
 
 from preprocess.densepose.tiny import write_tiny_densepose
+from tests.conftest import SharedFixtures
 
 # Two threads: the CI machine has two cores, and other suites may run beside this one.
 torch.set_num_threads(2)
 
-FIXTURES = Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "densepose"
 
-
-def fixture_cases() -> list[tuple[str, dict, dict]]:
-    """(folder, cases.json, case) for every parity case; empty when ../shared is absent (a user's clone)."""
-    if not FIXTURES.is_dir():
-        return []
+def _find_cases(root: Path) -> list[tuple[str, dict, dict]]:
     out = []
-    for folder in sorted(p for p in FIXTURES.iterdir() if (p / "cases.json").is_file()):
+    for folder in sorted(p for p in root.iterdir() if (p / "cases.json").is_file()):
         spec = json.loads((folder / "cases.json").read_text())
         for case in spec["cases"]:
             out.append((folder.name, spec, case))
     return out
 
 
+#: $MCLD_DENSEPOSE_FIXTURES, else ../shared/fixtures/densepose: subfolders (r50, r101dl, ...) with cases.json.
+DENSEPOSE = SharedFixtures.find("MCLD_DENSEPOSE_FIXTURES", "densepose", _find_cases)
+FIXTURES = DENSEPOSE.folder
+
+
+def fixture_cases() -> list[tuple[str, dict, dict]]:
+    """(folder, cases.json, case) for every parity case; empty when there is none (see fixtures_root)."""
+    return list(DENSEPOSE.cases)
+
+
 @pytest.fixture(scope="session")
 def fixtures_root() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"DensePose parity fixtures not found at {FIXTURES.resolve()} (the shared folder beside the repo)")
-    return FIXTURES.resolve()
+    """The fixture folder; skips in a clone without ../shared, fails when an override holds no case."""
+    return DENSEPOSE.require().resolve()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Shared by the texture tests: the parity fixtures (../shared/fixtures/texture), skipped when absent."""
+"""Shared by the texture tests: the parity fixtures ($MCLD_TEXTURE_FIXTURES, else ../shared/fixtures/texture),
+skipped when absent from a user's clone, failing when the variable names a folder without a case."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ import cv2
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
-FIXTURES = SHARED / "fixtures" / "texture"
+from tests.conftest import SharedFixtures
+
+
+def case_specs(folder: Path) -> list[dict]:
+    """cases.json's cases (every one, held-back ones included); none without cases.json."""
+    index = folder / "cases.json"
+    return json.loads(index.read_text())["cases"] if index.is_file() else []
+
+
+TEXTURE = SharedFixtures.find("MCLD_TEXTURE_FIXTURES", "texture", case_specs)
+FIXTURES = TEXTURE.folder
 
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
-    if not (FIXTURES / "cases.json").is_file():
-        pytest.skip(f"texture parity fixtures not found at {FIXTURES} (a user's clone has no ../shared; CI has it)")
-    return FIXTURES
+    return TEXTURE.require()
 
 
 def read_case(folder: Path, case: dict) -> dict[str, np.ndarray]:
@@ -31,8 +39,7 @@ def read_case(folder: Path, case: dict) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def fixture_cases(fixture_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    cases = json.loads((fixture_dir / "cases.json").read_text())["cases"]
-    return {case["name"]: read_case(fixture_dir, case) for case in cases}
+    return {case["name"]: read_case(fixture_dir, case) for case in case_specs(fixture_dir)}
 
 
 def within(a: np.ndarray, b: np.ndarray, levels: int = 2) -> float:

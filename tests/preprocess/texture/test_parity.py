@@ -16,6 +16,8 @@ from .conftest import within
 # that is mostly inpainted, shows it most: its atlas clears the bar by 126 of 960,000 pixels, so a change
 # to the mask rule shows here first. With the reference's own mask image the output is bit-exact (below).
 DERIVED_MASKS_MIN_WITHIN_2 = {"a": 0.99, "b": 0.99}
+#: A case with no floor recorded above (the held-back ones) is held to this one.
+DEFAULT_MIN_WITHIN_2 = 0.99
 
 
 def test_fixtures_with_the_reference_mask_image_are_bit_exact(fixture_dir, fixture_cases):
@@ -31,7 +33,7 @@ def test_fixtures_with_the_derived_masks(fixture_cases):
     for name, case in fixture_cases.items():
         texture, atlas = core.map_texture(case["image"], case["iuv"])
         assert atlas.shape == (1200, 800, 3) and texture.shape == (512, 512, 3)
-        floor = DERIVED_MASKS_MIN_WITHIN_2[name]
+        floor = DERIVED_MASKS_MIN_WITHIN_2.get(name, DEFAULT_MIN_WITHIN_2)
         assert within(atlas, case["atlas"]) >= floor, f"case {name}: atlas {within(atlas, case['atlas']):.4f}"
         assert within(texture, case["texture"]) >= floor, f"case {name}: texture {within(texture, case['texture']):.4f}"
 
