@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,39 @@ def eval_models(eval_fixture_dir, tmp_path_factory) -> Path:
                       f"lpips: {weights / 'lpips' / 'v0.1' / 'alex.pth'}\n"
                       f"face: {weights / 'insightface' / 'models' / 'buffalo_s'}\n")
     return models
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A 2-step tiny training run on the demo shards, checkpoints at steps 1 and 2."""
+
+    shards: Path  # the session's feature-modes job output (tiny models on the packaged demo photos)
+    images: Path  # the photos the shards' meta.json names (sub-folders, spaces in names)
+    run: Path
+    train_images: Path  # FID's real side: the demo photos as one folder of *.jpg, as the reference globs it
+
+
+@pytest.fixture(scope="session")
+def demo_run(feature_modes_run, tmp_path_factory) -> DemoRun:
+    """One training run shared by the evaluation end-to-end test and the checkpoint sweep (one, not two)."""
+    from accelerate.state import AcceleratorState, GradientState
+    from PIL import Image
+
+    from tests.train.conftest import write_config
+    from train.run import main as train_main
+
+    shards, images, _ = feature_modes_run
+    base = tmp_path_factory.mktemp("demo-run")
+    config = write_config(base / "tiny.yaml", checkpoint={"every": 1, "keep_last": 2})
+    try:
+        assert train_main(["--shards", str(shards), "--config", str(config), "--output-dir", str(base / "run"),
+                           "--max-steps", "2"]) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    train = base / "train"
+    train.mkdir()
+    for number, path in enumerate(sorted(p for p in images.rglob("*") if p.suffix in (".png", ".jpg")
+                                         and p.parent.name != "bad")):
+        Image.open(path).convert("RGB").save(train / f"{number}.jpg")
+    return DemoRun(shards=shards, images=images, run=base / "run", train_images=train)

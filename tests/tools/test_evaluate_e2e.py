@@ -1,6 +1,7 @@
 """End to end on the demo shards: a tiny-model job on the packaged demo photos (the session's feature-modes
-run) -> 2-step training -> sampler (train/sample.py) -> `mcld-data evaluate` on its GEN folder, the ground
-truth being the original photos the shards' meta.json records (sub-folders and spaces in their names)."""
+run) -> 2-step training (the session's demo_run) -> sampler (train/sample.py) -> `mcld-data evaluate` on its
+GEN folder, the ground truth being the original photos the shards' meta.json records (sub-folders and spaces
+in their names)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from accelerate.state import AcceleratorState, GradientState
-from PIL import Image
 
 from shards.manifest import read_manifest
 from tools.cli import main as cli_main
@@ -26,16 +26,8 @@ def _reset_accelerate() -> None:
 
 
 @pytest.mark.slow
-def test_sampler_output_on_the_demo_shards_evaluates_through_the_cli(feature_modes_run, eval_models, tmp_path):
-    from train.run import main as train_main
-
-    shards, images, _ = feature_modes_run
-    run = tmp_path / "run"
-    try:
-        assert train_main(["--shards", str(shards), "--config", "tiny", "--output-dir", str(run),
-                           "--max-steps", "2"]) == 0
-    finally:
-        _reset_accelerate()
+def test_sampler_output_on_the_demo_shards_evaluates_through_the_cli(demo_run, eval_models, tmp_path):
+    shards, images, run, train = demo_run.shards, demo_run.images, demo_run.run, demo_run.train_images
     gen = tmp_path / "gen"
     try:
         assert sample.main(["--shards", str(shards), "--weights", str(run / "checkpoint-2"), "--output-dir",
@@ -45,12 +37,6 @@ def test_sampler_output_on_the_demo_shards_evaluates_through_the_cli(feature_mod
     index = pq.read_table(gen / "index.parquet").to_pylist()
     assert len(index) == read_manifest(str(shards)).counts.pairs_written
     assert any(" " in row["target_path"] and "/" in row["target_path"] for row in index)
-    # FID's real side: the reference globs one folder's *.jpg
-    train = tmp_path / "train"
-    train.mkdir()
-    for number, path in enumerate(sorted(p for p in images.rglob("*") if p.suffix in (".png", ".jpg")
-                                         and p.parent.name != "bad")):
-        Image.open(path).convert("RGB").save(train / f"{number}.jpg")
     report = tmp_path / "report"
     assert cli_main(["evaluate", str(gen), "--images", str(images), "--train-images", str(train), "--models",
                      str(eval_models), "-o", str(report), "--cache-dir", str(tmp_path / "cache"), "--workers", "0",

@@ -1,6 +1,6 @@
-"""Checkpoint sweeps and comparisons: a 2-checkpoint tiny run (synthetic shards, with photos written for the
-paths their meta names) is sampled and evaluated per checkpoint, the metrics land in metrics.parquet and in the run's TensorBoard at
-the checkpoint's step; a rerun redoes nothing; `compare` puts the sweep, one report and a published table side
+"""Checkpoint sweeps and comparisons: a 2-checkpoint tiny run on the demo shards (the session's demo_run) is
+sampled and evaluated per checkpoint, the metrics land in metrics.parquet and in the run's TensorBoard at the
+checkpoint's step; a rerun redoes nothing; `compare` puts the sweep, one report and a published table side
 by side in a page that headless Chromium renders."""
 
 from __future__ import annotations
@@ -12,17 +12,12 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
-from shards.schema import Geometry
-from shards.synthetic import write_synthetic_dataset
 from tests.tools import test_stats_gallery
 from tests.tools.test_stats_gallery import chromium, render_in_browser  # noqa: F401 (a fixture)
-from tests.train.conftest import write_config
 from tools.cli import main as cli
 
 SWEEP_ARGS = ("--resolutions", "256", "--steps", "2", "--workers", "0", "--quiet")
@@ -43,47 +38,15 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def _write_photos(shards: Path, images: Path) -> None:
-    """The 'original photos' the synthetic shards' meta names (source_path, target_path): smooth random colour
-    images, so the evaluator has ground truth to score against and a source for the report's strips."""
-    from shards.reader import pipeline, resolve
-
-    rng = np.random.default_rng(5)
-    images.mkdir(parents=True)
-    for sample in pipeline(resolve(str(shards))):
-        for name in (sample["meta"]["source_path"], sample["meta"]["target_path"]):
-            if not (images / name).exists():
-                small = rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)
-                Image.fromarray(small).resize((88, 128), Image.Resampling.BICUBIC).save(images / name)
-
-
 @pytest.fixture(scope="module")
-def swept(eval_models, tmp_path_factory) -> dict:
-    """A tiny run with checkpoints at steps 1 and 2 on 8 synthetic pairs (with the tiny VAE the sampler decodes
-    with), and its sweep at 256x176."""
-    from tests.train.conftest import add_vae_record, write_tiny_vae
-    from train.run import main as train_main
-
+def swept(demo_run, eval_models, tmp_path_factory) -> dict:
+    """The sweep of the session's 2-step tiny run on the demo shards (checkpoints 1 and 2) at 256x176."""
     base = tmp_path_factory.mktemp("sweep")
-    shards = base / "out"
-    write_synthetic_dataset(str(shards), geometry=Geometry(height=64, width=64, clip_dim=24), samples=8,
-                            samples_per_shard=4, seed=4)
-    add_vae_record(shards, write_tiny_vae(base / "vae"))
-    images = base / "images"
-    _write_photos(shards, images)
-    config = write_config(base / "c.yaml", checkpoint={"every": 1, "keep_last": 2},
-                          data={"num_workers": 1, "batch_size": 2})
-    try:
-        assert train_main(["--shards", str(shards), "--config", str(config), "--output-dir", str(base / "run"),
-                           "--max-steps", "2"]) == 0
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    command = ["sweep", str(base / "run"), "--shards", str(shards), "--images", str(images), "--models",
-               str(eval_models), "--train-images", str(images), "--cache-dir", str(base / "cache"), "-o",
-               str(base / "sweep"), "--every", "1", *SWEEP_ARGS]
+    command = ["sweep", str(demo_run.run), "--shards", str(demo_run.shards), "--images", str(demo_run.images),
+               "--models", str(eval_models), "--train-images", str(demo_run.train_images), "--cache-dir",
+               str(base / "cache"), "-o", str(base / "sweep"), "--every", "1", *SWEEP_ARGS]
     assert cli(command) == 0
-    return {"run": base / "run", "sweep": base / "sweep", "command": command, "base": base}
+    return {"run": demo_run.run, "sweep": base / "sweep", "command": command, "base": base}
 
 
 def _eval_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:

@@ -154,6 +154,23 @@ def _rate(run, items: int, *, repeats: int, device: str) -> dict:
     return {"batch": items, "seconds_per_batch": float(f"{seconds:.5g}"), "images_per_s": round(items / seconds, 3)}
 
 
+def _batch_rates(ctx, part: PartRecord, name: str, dtype: str, batches, run_batch) -> None:
+    """part.figures[name] gets one row per batch size: items/s and peak memory (a step the budget cannot
+    afford is skipped and recorded)."""
+    device, repeats = device_of(ctx), sizes_for(ctx).repeats
+    for batch in batches:
+        key = f"{name} {dtype} batch {batch}"
+        try:
+            ctx.budget.require(5, key)
+        except Skip as why:
+            _skipped_step(part, key, why)
+            continue
+        reset_peak(device)
+        row = {"dtype": dtype, **_attempt(part, key, lambda: _rate(
+            lambda: run_batch(batch), batch, repeats=repeats, device=device), device=device)}
+        part.figures[name].append({**row, "peak_memory_gib": peak_memory_gib(device)})
+
+
 def vae_clip_speed(ctx: Context, part: PartRecord) -> None:
     import numpy as np
 
@@ -170,33 +187,12 @@ def vae_clip_speed(ctx: Context, part: PartRecord) -> None:
     for dtype in dtypes:
         vae = VaeStage(config=VaeConfig(path=vae_path, height=side, width=side, device=device, dtype=dtype,
                                         max_batch=max(sizes.vae_batches)))
-        for batch in sizes.vae_batches:
-            key = f"vae {dtype} batch {batch}"
-            try:
-                ctx.budget.require(5, key)
-            except Skip as why:
-                _skipped_step(part, key, why)
-                continue
-            reset_peak(device)
-            row = {"dtype": dtype, **_attempt(part, key, lambda: _rate(
-                lambda: vae.encode(images[:batch]), batch, repeats=sizes.repeats, device=device), device=device)}
-            part.figures["vae"].append({**row, "peak_memory_gib": peak_memory_gib(device)})
+        _batch_rates(ctx, part, "vae", dtype, sizes.vae_batches, lambda batch: vae.encode(images[:batch]))
         del vae
         release_memory()
         clip = ClipStage(config=ClipConfig(path=clip_path, device=device, dtype=dtype,
                                            max_batch=max(sizes.clip_batches)))
-        for batch in sizes.clip_batches:
-            key = f"clip {dtype} batch {batch}"
-            try:
-                ctx.budget.require(5, key)
-            except Skip as why:
-                _skipped_step(part, key, why)
-                continue
-            reset_peak(device)
-            row = {"dtype": dtype, **_attempt(part, key, lambda: _rate(
-                lambda: clip.embed(list(images[:batch])), batch, repeats=sizes.repeats, device=device),
-                device=device)}
-            part.figures["clip"].append({**row, "peak_memory_gib": peak_memory_gib(device)})
+        _batch_rates(ctx, part, "clip", dtype, sizes.clip_batches, lambda batch: clip.embed(list(images[:batch])))
         del clip
         release_memory()
 
