@@ -103,19 +103,8 @@ def densepose_speed(ctx: Context, part: PartRecord) -> None:
                 continue
             predictor = DensePosePredictor(config_path=config, weights_path=weights, device=device, dtype=dtype,
                                            max_batch=max(sizes.densepose_batches))
-            for batch in sizes.densepose_batches:
-                key = f"{model} {dtype} batch {batch}"
-                try:
-                    ctx.budget.require(5, key)
-                except Skip as why:
-                    _skipped_step(part, key, why)
-                    continue
-                reset_peak(device)
-                row = {"model": model, "dtype": dtype}
-                row.update(_attempt(part, key, lambda: time_predictor(
-                    predictor, image, batch=batch, repeats=sizes.repeats, device=device), device=device))
-                row["peak_memory_gib"] = peak_memory_gib(device)
-                rows.append(row)
+            rows += _batch_rates(ctx, part, model, dtype, sizes.densepose_batches, lambda batch: time_predictor(
+                predictor, image, batch=batch, repeats=sizes.repeats, device=device), timed=True, model=model)
             del predictor
             release_memory()
 
@@ -154,10 +143,13 @@ def _rate(run, items: int, *, repeats: int, device: str) -> dict:
     return {"batch": items, "seconds_per_batch": float(f"{seconds:.5g}"), "images_per_s": round(items / seconds, 3)}
 
 
-def _batch_rates(ctx, part: PartRecord, name: str, dtype: str, batches, run_batch) -> None:
-    """part.figures[name] gets one row per batch size: items/s and peak memory (a step the budget cannot
-    afford is skipped and recorded)."""
+def _batch_rates(ctx, part: PartRecord, name: str, dtype: str, batches, run_batch, *, timed: bool = False,
+                 **fields) -> list[dict]:
+    """One row per batch size: the figures of ``run_batch(batch)`` and peak memory, plus ``fields`` (a step the
+    budget cannot afford is skipped and recorded). ``timed``: run_batch returns its own figures; else it is
+    timed here (items/s)."""
     device, repeats = device_of(ctx), sizes_for(ctx).repeats
+    rows = []
     for batch in batches:
         key = f"{name} {dtype} batch {batch}"
         try:
@@ -166,9 +158,11 @@ def _batch_rates(ctx, part: PartRecord, name: str, dtype: str, batches, run_batc
             _skipped_step(part, key, why)
             continue
         reset_peak(device)
-        row = {"dtype": dtype, **_attempt(part, key, lambda: _rate(
-            lambda: run_batch(batch), batch, repeats=repeats, device=device), device=device)}
-        part.figures[name].append({**row, "peak_memory_gib": peak_memory_gib(device)})
+        measure = (lambda: run_batch(batch)) if timed else (lambda: _rate(
+            lambda: run_batch(batch), batch, repeats=repeats, device=device))
+        row = {**fields, "dtype": dtype, **_attempt(part, key, measure, device=device)}
+        rows.append({**row, "peak_memory_gib": peak_memory_gib(device)})
+    return rows
 
 
 def vae_clip_speed(ctx: Context, part: PartRecord) -> None:
@@ -187,12 +181,14 @@ def vae_clip_speed(ctx: Context, part: PartRecord) -> None:
     for dtype in dtypes:
         vae = VaeStage(config=VaeConfig(path=vae_path, height=side, width=side, device=device, dtype=dtype,
                                         max_batch=max(sizes.vae_batches)))
-        _batch_rates(ctx, part, "vae", dtype, sizes.vae_batches, lambda batch: vae.encode(images[:batch]))
+        part.figures["vae"] += _batch_rates(ctx, part, "vae", dtype, sizes.vae_batches,
+                                            lambda batch: vae.encode(images[:batch]))
         del vae
         release_memory()
         clip = ClipStage(config=ClipConfig(path=clip_path, device=device, dtype=dtype,
                                            max_batch=max(sizes.clip_batches)))
-        _batch_rates(ctx, part, "clip", dtype, sizes.clip_batches, lambda batch: clip.embed(list(images[:batch])))
+        part.figures["clip"] += _batch_rates(ctx, part, "clip", dtype, sizes.clip_batches,
+                                             lambda batch: clip.embed(list(images[:batch])))
         del clip
         release_memory()
 

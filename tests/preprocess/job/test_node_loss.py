@@ -66,19 +66,13 @@ def run_losing_a_node(demo_inputs, out: Path, *, when, timeout: float = 900) -> 
 
 
 @pytest.mark.slow
-def test_node_loss_during_features_finishes_with_the_same_shards(demo_inputs, model_cache, tmp_path):
+@pytest.mark.parametrize("phase, started", [("features", _features_started), ("shard writing", _shards_started)],
+                         ids=["features", "shard_writing"])
+def test_node_loss_finishes_with_the_same_shards(phase, started, demo_inputs, model_cache, tmp_path):
+    """One test per phase (ids: features, shard_writing)."""
     out = tmp_path / "out"
-    code, output, killed = run_losing_a_node(demo_inputs, out, when=_features_started)
-    assert killed, "the job finished its features before a node could be killed"
-    assert code == 0, output[-4000:]
-    _compare(digest_output(out), json.loads(REFERENCE.read_text())["demo"])
-
-
-@pytest.mark.slow
-def test_node_loss_during_shard_writing_finishes_with_the_same_shards(demo_inputs, model_cache, tmp_path):
-    out = tmp_path / "out"
-    code, output, killed = run_losing_a_node(demo_inputs, out, when=_shards_started)
-    assert killed, "the job finished its shards before a node could be killed"
+    code, output, killed = run_losing_a_node(demo_inputs, out, when=started)
+    assert killed, f"the job finished its {phase} before a node could be killed"
     assert code == 0, output[-4000:]
     _compare(digest_output(out), json.loads(REFERENCE.read_text())["demo"])
 
