@@ -150,7 +150,7 @@ def scale_main(args: argparse.Namespace) -> int:
         print(json.dumps({
             "benchmark": "build_shards planning phase at scale",
             "what": "N tiny files, ~2N pairs: read_pairs, folder listings, ids, each file read and hashed once by "
-                    "the decode stage on Ray workers, list_inputs (the pair plan)",
+                    "the decode stage on Ray workers, plan_pairs (the pair plan)",
             "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
             **result,
         }, indent=1))

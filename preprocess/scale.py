@@ -199,7 +199,7 @@ def prepare(config: ScaleConfig) -> tuple[str, str, int]:
     pairs = write_pairs_csv(pairs_csv, config.images, config.pairs_per_image)
     rows = job_inputs.read_pairs(pairs_csv)
     hashes = {image_path(i): (image_hash(i), 100_000) for i in range(config.images)}
-    listed = job_inputs.list_inputs(images_root=config.out, rows=rows, hashes=hashes)
+    listed = job_inputs.list_inputs(rows=rows, hashes=hashes)
     by_path = {image.source_path: image.image_id for image in listed.images}
     ids = [by_path[image_path(i)] for i in range(config.images)]
     directory = features_dir(config.out, hashlib.sha256(b"scale-bench").hexdigest())
@@ -222,7 +222,7 @@ def run_scale(config: ScaleConfig) -> dict:
 
     from preprocess.job import inputs as job_inputs
     from preprocess.job.features import scan_features
-    from preprocess.job.pairs import join_pairs, plan_shards
+    from preprocess.job.pairs import image_rows, join_pairs, plan_shards
     from preprocess.job.config import JobConfig
     from preprocess.job.run import write_shards
 
@@ -239,14 +239,14 @@ def run_scale(config: ScaleConfig) -> dict:
         t = time.perf_counter()
         rows = job_inputs.read_pairs(pairs_csv)
         hashes = {image_path(i): (image_hash(i), 100_000) for i in range(config.images)}
-        listed = job_inputs.list_inputs(images_root=config.out, rows=rows, hashes=hashes)
-        by_id = {image.image_id: image for image in listed.images}
-        samples, rejects = join_pairs(listed.pairs, by_id, features)
-        plans = plan_shards(samples, features, split="train", seed=config.seed, shard_bytes=config.shard_bytes,
-                            min_shards=1)
+        listed = job_inputs.list_inputs(rows=rows, hashes=hashes)
+        image_features = image_rows(listed.images, features)
+        samples, rejects = join_pairs(listed.pairs, image_features)
+        cuts = plan_shards(samples, image_features, split="train", seed=config.seed, shard_bytes=config.shard_bytes,
+                           min_shards=1)
         phases["planning"] = time.perf_counter() - t
         t = time.perf_counter()
-        records = write_shards(job, plans, features, GEOMETRY)
+        records = write_shards(job, cuts, samples, image_features, GEOMETRY)
         phases["join_write"] = time.perf_counter() - t
         seconds = time.perf_counter() - t0
     if rejects:
@@ -296,12 +296,13 @@ def write_tiny_images(root: str, images: int) -> None:
 def run_plan(config: ScaleConfig, *, read_batch: int = 1024) -> dict:
     """The job's planning phase alone, on N tiny files and ~2N pairs: the pairs CSV, the folders' listings,
     the ids, every file read and hashed once by the job's decode stage on Ray workers (``read_batch`` rows a
-    batch), and the pair plan (``list_inputs``). Driver RSS is sampled throughout."""
+    batch), and the pair plan (``plan_pairs``), through the job's own functions. Driver RSS is sampled throughout."""
     import ray
 
     from preprocess.job import inputs as job_inputs
-    from preprocess.job.decode import DecodeConfig, DecodeStage
-    from preprocess.job.run import work_table
+    from preprocess.job.decode import READ_STAGE, DecodeConfig, DecodeStage
+    from preprocess.job.config import JobConfig
+    from preprocess.job.run import plan_inputs, work_table
 
     root = os.path.join(config.out, "images")
     t = time.perf_counter()
@@ -313,32 +314,27 @@ def run_plan(config: ScaleConfig, *, read_batch: int = 1024) -> dict:
     phases: dict[str, float] = {}
     with PeakRss() as peak:
         t0 = time.perf_counter()
-        rows = job_inputs.read_pairs(pairs_csv)
-        paths = job_inputs.referenced_paths(rows)
-        phases["read_pairs"] = time.perf_counter() - t0
-        t = time.perf_counter()
-        sizes, failures = job_inputs.list_images(root, paths)
-        ids, known, hash_failures = job_inputs.plan_ids(root, sizes)
-        work = work_table(ids, sizes, known, {})
-        del paths, sizes
-        phases["list_and_ids"] = time.perf_counter() - t
+        table, catalog = plan_inputs(JobConfig(images=root, pairs=pairs_csv, out=config.out, progress=False))
+        work = work_table(catalog, {})
+        phases["read_pairs_list_and_ids"] = time.perf_counter() - t0
         t = time.perf_counter()
         dataset = ray.data.from_arrow([work.slice(s, read_batch) for s in range(0, work.num_rows, read_batch)])
+        del work
         dataset = dataset.map_batches(DecodeStage, fn_constructor_kwargs={"config": DecodeConfig(images_root=root)},
                                       batch_size=read_batch, compute=ray.data.ActorPoolStrategy(size=cores),
                                       num_cpus=1)
-        dataset = dataset.select_columns(["source_path", "content_hash", "read_size"])
-        hashes: dict[str, tuple[str, int] | OSError] = dict(failures)
+        dataset = dataset.select_columns(["source_path", "content_hash", "read_size", "reject_stage", "read_error"])
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for path, digest, size in zip(*(batch.column(c).to_pylist() for c in batch.column_names)):
-                hashes[path] = (digest, size)
-        del work
+            for path, digest, size, stage, error in zip(*(batch.column(c).to_pylist() for c in batch.column_names)):
+                # as the job records each read (a tiny file is read, hashed, then rejected by decode)
+                catalog.record_read(path, digest=digest, size=size, missing=False,
+                                    error=error if stage == READ_STAGE else None)
         phases["read_and_hash_on_workers"] = time.perf_counter() - t
         t = time.perf_counter()
-        listed = job_inputs.list_inputs(images_root=root, rows=rows, hashes=hashes, ids=ids)
+        listed = job_inputs.plan_pairs(table, catalog)
         phases["pair_plan"] = time.perf_counter() - t
         seconds = time.perf_counter() - t0
-    if len(listed.images) != config.images or listed.image_rejects or hash_failures:
+    if len(listed.images) != config.images or listed.image_rejects:
         raise RuntimeError(f"{len(listed.image_rejects)} of {config.images} tiny files were not read")
     return {
         "images": config.images,

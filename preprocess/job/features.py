@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -186,7 +187,7 @@ def write_feature_file(directory: str, table: pa.Table) -> str:
     return name
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FeatureRow:
     """Where one image's features are, and the small figures the job needs without the big columns."""
 
@@ -199,18 +200,149 @@ class FeatureRow:
         return self.values["status"] == STATUS_OK
 
 
-def scan_features(directory: str, *, names: set[str] | None = None, ids: dict[str, str] | None = None
-                  ) -> dict[str, FeatureRow]:
+def _hash_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Content hashes as a numpy S64 array (64 bytes each; searchable), converted a chunk at a time."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    step = 65536
+    return np.concatenate([np.array(column.slice(start, step).to_pylist(), dtype="S64")
+                           for start in range(0, len(column), step)] or [np.zeros(0, "S64")])
+
+
+def _first_of_runs(column: pa.Array) -> np.ndarray:
+    """Mask of the entries that differ from the one before (the first of each run in a sorted column)."""
+    n = len(column)
+    if n == 0:
+        return np.zeros(0, bool)
+    change = pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return np.concatenate([[True], change])
+
+
+class FeatureIndex:
+    """The feature table's small columns, one entry per content hash, held as one Arrow table (about 200
+    bytes per image where a dict of values per image took kilobytes); a FeatureRow is made when asked.
+
+    ``cache_ids`` maps image id -> content hash for the rows that can be a cache hit (what the decode stage
+    compares the hash it reads with); where an id has rows of several contents, the last file by name wins."""
+
+    def __init__(self, table: pa.Table, files: list[str], *, cache_ids: pa.Table | None = None) -> None:
+        self.table = table  # SMALL_NAMES + seq (the row's file: files[seq]) + row, sorted by content_hash, unique
+        self.files = files
+        self._hashes = _hash_array(table.column("content_hash"))
+        self.cache_ids = cache_ids if cache_ids is not None else pa.table(
+            {"image_id": pa.array([], pa.string()), "content_hash": pa.array([], pa.string())})
+
+    @classmethod
+    def build(cls, tables: list[pa.Table], files: list[str], *, with_ids: bool = False) -> FeatureIndex:
+        """From per-file tables (SMALL_NAMES + seq: the file's place in ``files``, sorted by name + row), in
+        any order: per content hash the first row by (a row saying the file changed under the run last, seq, row)."""
+        if not tables:
+            return cls(_empty_index_table(), files)
+        table = pa.concat_tables(tables).combine_chunks()
+        cache_ids = None
+        if with_ids:
+            stable = table.filter(pc.not_equal(table.column("status"), CHANGED))
+            stable = stable.select(["image_id", "content_hash", "seq", "row"]).sort_by(
+                [("image_id", "ascending"), ("seq", "descending"), ("row", "descending")])
+            cache_ids = stable.filter(pa.array(_first_of_runs(stable.column("image_id").combine_chunks())))
+            cache_ids = cache_ids.select(["image_id", "content_hash"]).combine_chunks()
+        changed = pc.equal(table.column("status"), CHANGED)
+        table = table.append_column("changed", changed).sort_by(
+            [("content_hash", "ascending"), ("changed", "ascending"), ("seq", "ascending"), ("row", "ascending")])
+        table = table.filter(pa.array(_first_of_runs(table.column("content_hash").combine_chunks())))
+        return cls(table.drop_columns(["changed"]).combine_chunks(), files, cache_ids=cache_ids)
+
+    @classmethod
+    def of_rows(cls, rows: dict[str, FeatureRow]) -> FeatureIndex:
+        """An index of given rows (tests, synthetic plans); their values need the columns asked of them."""
+        names = sorted({name for row in rows.values() for name in row.values} - {"content_hash"})
+        ordered = sorted(rows)
+        files = sorted({row.file for row in rows.values()})
+        data = {"content_hash": ordered, **{n: [rows[h].values.get(n) for h in ordered] for n in names},
+                "seq": pa.array([files.index(rows[h].file) for h in ordered], pa.int32()),
+                "row": pa.array([rows[h].row for h in ordered], pa.int32())}
+        return cls(pa.table(data), files)
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __iter__(self):
+        """The content hashes, sorted."""
+        return (h.decode() for h in self._hashes)
+
+    def positions(self, hashes) -> np.ndarray:
+        """Each hash's position in the index, -1 where it has none."""
+        wanted = np.asarray(hashes, dtype="S64")
+        found = np.searchsorted(self._hashes, wanted)
+        found = np.minimum(found, max(len(self._hashes) - 1, 0))
+        hit = (self._hashes[found] == wanted) if len(self._hashes) else np.zeros(len(wanted), bool)
+        return np.where(hit, found, -1)
+
+    def __contains__(self, content_hash: str) -> bool:
+        return self.positions([content_hash])[0] >= 0
+
+    def get(self, content_hash: str) -> FeatureRow | None:
+        position = self.positions([content_hash])[0]
+        return self.rows_at([position])[0] if position >= 0 else None
+
+    def __getitem__(self, content_hash: str) -> FeatureRow:
+        row = self.get(content_hash)
+        if row is None:
+            raise KeyError(content_hash)
+        return row
+
+    def rows_at(self, positions) -> list[FeatureRow]:
+        """The rows at these positions, made in one pass over the columns."""
+        picked = self.table.take(pa.array(np.asarray(positions, np.int64)))
+        return [FeatureRow(file=self.files[values.pop("seq")], row=values.pop("row"), values=values)
+                for values in picked.to_pylist()]
+
+    def column(self, name: str, positions=None, *, fill=None) -> np.ndarray:
+        """One small column as numpy (at ``positions``, or whole; nulls replaced by ``fill`` if given)."""
+        column = self.table.column(name)
+        if positions is not None:
+            column = column.take(pa.array(np.asarray(positions, np.int64)))
+        if fill is not None:
+            column = column.fill_null(fill)
+        return column.to_numpy()
+
+    def merged(self, newer: FeatureIndex) -> FeatureIndex:
+        """This index with ``newer``'s rows where this one has none for their hash or only one saying the
+        file changed under the run (what a run just wrote, over the cache it started from)."""
+        if not len(newer):
+            return self
+        here = self.positions(newer._hashes)
+        keep_new = here < 0
+        if (~keep_new).any():
+            changed = self.column("status", here[~keep_new]) == CHANGED
+            keep_new[np.flatnonzero(~keep_new)[changed]] = True
+        drop = here[keep_new & (here >= 0)]
+        mask = np.ones(len(self), bool)
+        mask[drop] = False
+        columns = self.table.column_names
+        added = newer.table.select(columns).filter(pa.array(keep_new))
+        added = added.set_column(columns.index("seq"), "seq",
+                                 pc.add(added.column("seq"), pa.scalar(len(self.files), pa.int32())))
+        table = pa.concat_tables([self.table.filter(pa.array(mask)), added]).sort_by("content_hash")
+        return FeatureIndex(table.combine_chunks(), self.files + newer.files, cache_ids=self.cache_ids)
+
+
+def _empty_index_table() -> pa.Table:
+    return pa.schema(SMALL_COLUMNS + [pa.field("seq", pa.int32()), pa.field("row", pa.int32())]).empty_table()
+
+
+def scan_features(directory: str, *, names: set[str] | None = None, with_ids: bool = False) -> FeatureIndex:
     """Index the rows under a fingerprint's folder by content hash (small columns only); with ``names``,
-    only those files' rows (what a run just wrote). ``ids``, when given, is filled with image id -> content
-    hash for every row that can be a cache hit (what the decode stage compares the hash it reads with).
+    only those files' rows (what a run just wrote); ``with_ids``: also the index's ``cache_ids``.
 
     Leftover temporary files of a killed run are removed; where two files hold the same image (a batch
-    retried with other neighbours), the first file by name wins: both hold the same features.
+    retried with other neighbours), the first file by name wins: both hold the same features. Files are
+    combined a thousand at a time, so a million small files do not leave a million Arrow chunks behind.
     """
-    index: dict[str, FeatureRow] = {}
+    files: list[str] = []
     if not storage.exists(directory):
-        return index
+        return FeatureIndex.build([], files)
+    combined: list[pa.Table] = []
+    pending: list[pa.Table] = []
     for name in sorted(names) if names is not None else storage.list_names(directory):
         location = storage.join(directory, name)
         if storage.is_temporary(name):
@@ -220,14 +352,16 @@ def scan_features(directory: str, *, names: set[str] | None = None, ids: dict[st
             continue
         with storage.open_read(location) as stream:
             table = pq.read_table(stream, columns=SMALL_NAMES)
-        for row, values in enumerate(table.to_pylist()):
-            if ids is not None and values["status"] != CHANGED:
-                ids[values["image_id"]] = values["content_hash"]
-            known = index.get(values["content_hash"])
-            # a row that says the file changed under the run yields to one computed from stable bytes
-            if known is None or (known.values["status"] == CHANGED and values["status"] != CHANGED):
-                index[values["content_hash"]] = FeatureRow(file=location, row=row, values=values)
-    return index
+        n = table.num_rows
+        pending.append(table.append_column("seq", pa.array(np.full(n, len(files), np.int32)))
+                       .append_column("row", pa.array(np.arange(n, dtype=np.int32))))
+        files.append(location)
+        if len(pending) >= 1000:
+            combined.append(pa.concat_tables(pending).combine_chunks())
+            pending = []
+    if pending:
+        combined.append(pa.concat_tables(pending).combine_chunks())
+    return FeatureIndex.build(combined, files, with_ids=with_ids)
 
 
 class FeatureReader:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from preprocess.job.features import SOURCE_MEMBERS, TARGET_MEMBERS, FeatureReader, FeatureRow
-from preprocess.job.inputs import ImageInput, PairInput
+from preprocess.common import STATUS_OK
+from preprocess.job.features import SOURCE_MEMBERS, TARGET_MEMBERS, FeatureIndex, FeatureReader, FeatureRow
+from preprocess.job.inputs import ImageInput, ImageTable, PairList
 from shards.rejects import Reject
 from shards.schema import Geometry, encode_field
 from shards.writer import ShardRecord, ShardWriter, shard_name
@@ -35,6 +36,8 @@ class PlannedSample:
 
 @dataclass(frozen=True, kw_only=True)
 class ShardPlan:
+    """One shard's samples, in order: what a shard-writing task receives."""
+
     split: str
     index: int
     samples: list[PlannedSample]
@@ -44,61 +47,114 @@ class ShardPlan:
         return shard_name(self.split, self.index)
 
 
-def join_pairs(
-    pairs: list[PairInput], images: dict[str, ImageInput], features: dict[str, FeatureRow]
-) -> tuple[list[PlannedSample], list[Reject]]:
+@dataclass(frozen=True, kw_only=True)
+class ShardCut:
+    """One shard of the plan as indexes into the samples; its ShardPlan is built when its task is sent, so
+    the driver never holds every sample as objects at once."""
+
+    split: str
+    index: int
+    members: np.ndarray  # indexes into the joined PairList, in shard order
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+    def plan(self, samples: PairList) -> ShardPlan:
+        images = samples.images
+        return ShardPlan(split=self.split, index=self.index, samples=[
+            PlannedSample(key=samples.key(i), source=images[samples.source[i]], target=images[samples.target[i]])
+            for i in self.members
+        ])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageFeatures:
+    """Each image's feature row (image i of the table: the index's row ``positions[i]``), without an object
+    per image: columns are read for all at once, rows made for the few that are asked."""
+
+    index: FeatureIndex
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def column(self, name: str, *, fill=None) -> np.ndarray:
+        return self.index.column(name, self.positions, fill=fill)
+
+    def ok(self) -> np.ndarray:
+        return self.column("status") == STATUS_OK
+
+    def rows(self, images) -> list[FeatureRow]:
+        return self.index.rows_at(self.positions[np.asarray(images, np.int64)])
+
+    def row(self, image: int) -> FeatureRow:
+        return self.rows([image])[0]
+
+
+def image_rows(images: ImageTable, features: FeatureIndex) -> ImageFeatures:
+    """Each image's feature row (a KeyError names an image without one)."""
+    positions = features.positions(images.catalog.digests[images.order])
+    if len(positions) and positions.min() < 0:
+        missing = int(np.flatnonzero(positions < 0)[0])
+        raise KeyError(f"{images.source_path(missing)}: no feature row for {images.content_hash(missing)}")
+    return ImageFeatures(index=features, positions=positions)
+
+
+def join_pairs(pairs: PairList, features: ImageFeatures) -> tuple[PairList, list[Reject]]:
     """Pairs whose two images have features become samples; the others are rejected with the reason."""
-    samples: list[PlannedSample] = []
+    images = pairs.images
+    ok = features.ok()
+    good = ok[pairs.source] & ok[pairs.target] if len(pairs) else np.zeros(0, bool)
     rejects: list[Reject] = []
-    for pair in pairs:
-        problem = None
-        for role, image_id in (("source", pair.source_id), ("target", pair.target_id)):
-            row = features[images[image_id].content_hash]
-            if not row.ok:
-                problem = (f"{role}_rejected", f"line {pair.line}: {role} {images[image_id].source_path} was "
-                           f"rejected ({row.values['status']}): {row.values['detail']}")
-                break
-        if problem is not None:
-            rejects.append(Reject(kind="pair", id=pair.key, stage="pairs", reason=problem[0], detail=problem[1],
-                                  path=f"{images[pair.source_id].source_path},{images[pair.target_id].source_path}"))
-            continue
-        samples.append(PlannedSample(key=pair.key, source=images[pair.source_id], target=images[pair.target_id]))
-    return samples, rejects
+    for i in np.flatnonzero(~good):
+        role, image = ("source", pairs.source[i]) if not ok[pairs.source[i]] else ("target", pairs.target[i])
+        row = features.row(image)
+        rejects.append(Reject(
+            kind="pair", id=pairs.key(i), stage="pairs", reason=f"{role}_rejected",
+            detail=f"line {pairs.line[i]}: {role} {images.source_path(image)} was rejected "
+                   f"({row.values['status']}): {row.values['detail']}",
+            path=f"{images.source_path(pairs.source[i])},{images.source_path(pairs.target[i])}"))
+    return pairs.subset(np.flatnonzero(good)), rejects
 
 
 def plan_shards(
-    samples: list[PlannedSample],
-    features: dict[str, FeatureRow],
+    samples: PairList,
+    features: ImageFeatures,
     *,
     split: str,
     seed: int,
     shard_bytes: int,
     min_shards: int | None,
-) -> list[ShardPlan]:
+) -> list[ShardCut]:
     """Shuffle (seeded, independent of input order) and cut into shards of equal sample counts.
 
-    The shard count is the larger of what the byte budget needs (with a 5% margin, since samples differ in
-    size) and ``min_shards`` (trainer readers; None: :func:`default_min_shards`), and never more than the
-    number of samples.
+    The order before the shuffle is the samples' keys sorted (Arrow sorts UTF-8 bytes: code point order,
+    as Python's sort). The shard count is the larger of what the byte budget needs (with a 5% margin, since
+    samples differ in size) and ``min_shards`` (trainer readers; None: :func:`default_min_shards`), and never
+    more than the number of samples.
     """
-    if not samples:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(samples)
+    if not n:
         return []
-    ordered = sorted(samples, key=lambda s: s.key)
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    shuffled = [ordered[i] for i in order]
-    total = sum(
-        features[s.source.content_hash].values["source_bytes"] + features[s.target.content_hash].values["target_bytes"]
-        + META_OVERHEAD
-        for s in shuffled
-    )
-    floor = default_min_shards(len(shuffled)) if min_shards is None else min_shards
+    images = samples.images
+    ids = pa.array([images.image_id(i) for i in range(len(images))], pa.string())
+    keys = pc.binary_join_element_wise(ids.take(pa.array(samples.source)), ids.take(pa.array(samples.target)), "__")
+    ordered = pc.sort_indices(keys).to_numpy()
+    del ids, keys
+    shuffled = ordered[np.random.default_rng(seed).permutation(n)]
+    # a rejected image has no sizes (null), and is in no sample
+    source_bytes = features.column("source_bytes", fill=0).astype(np.int64)
+    target_bytes = features.column("target_bytes", fill=0).astype(np.int64)
+    total = int(source_bytes[samples.source].sum() + target_bytes[samples.target].sum()) + META_OVERHEAD * n
+    floor = default_min_shards(n) if min_shards is None else min_shards
     count = max(math.ceil(total * 1.05 / shard_bytes), floor, 1)
-    count = min(count, len(shuffled))
-    bounds = np.linspace(0, len(shuffled), count + 1).round().astype(int)
-    return [
-        ShardPlan(split=split, index=i, samples=shuffled[bounds[i]:bounds[i + 1]])
-        for i in range(count)
-    ]
+    count = min(count, n)
+    bounds = np.linspace(0, n, count + 1).round().astype(int)
+    return [ShardCut(split=split, index=i, members=shuffled[bounds[i]:bounds[i + 1]]) for i in range(count)]
 
 
 def _round(value: float | None, digits: int = 5) -> float | None:

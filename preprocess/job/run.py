@@ -19,13 +19,15 @@ import numpy as np
 from preprocess.clip.stats import EmbeddingStats
 from preprocess.common import STATUS_OK
 from preprocess.job import inputs as job_inputs
+from preprocess.job.allocator import pin_driver_mmap_threshold
 from preprocess.job.chain import PLACED_PREFIX
 from preprocess.job.config import ErrorBudget, JobConfig, JobError
 from preprocess.job.decode import READ_STAGE, STATUS_CACHED
-from preprocess.job.features import CHANGED, FEATURES_DIR, FeatureRow, features_dir, fingerprint, scan_features
+from preprocess.job.features import FEATURES_DIR, FeatureIndex, FeatureRow, features_dir, fingerprint, scan_features
 from preprocess.job.layout import Pipeline, build_pipeline, init_ray, probe_models
 from preprocess.job.output import prepare_output, remove_stale_shards
-from preprocess.job.pairs import ShardPlan, join_pairs, plan_shards, write_shard
+from preprocess.job.inputs import PairList
+from preprocess.job.pairs import ImageFeatures, ShardCut, ShardPlan, image_rows, join_pairs, plan_shards, write_shard
 from preprocess.job.output import LOG_NAME
 from preprocess.job.report import PartialStats, StageStats, format_table, job_stats, write_stats
 from shards import storage
@@ -41,39 +43,61 @@ logger = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class FeaturePhase:
-    """What the feature phase gives the driver: per-stage figures, the feature files written, and per
-    listed path what its one read found: (sha256, size), or the OSError text of an unreadable file."""
+    """What the feature phase gives the driver: per-stage figures and the feature files written; what each
+    listed file's one read found goes into the catalog (its hash and size, or its OSError), and ``read``
+    marks the catalog's paths some worker reported."""
 
     stats: dict[str, StageStats]
     written: set[str]
-    hashes: dict[str, tuple[str, int] | OSError]
+    read: np.ndarray  # bool per catalog path
     computed: int = 0  # images whose features were computed (not found in the cache)
     cached: int = 0
 
 
-def work_table(ids: dict[str, str], sizes: dict[str, int], known: dict[str, tuple[str, int]],
-               cached_by_id: dict[str, str]):
-    """The feature phase's input rows, one per listed file, sorted by id (an Arrow table: compact at 1M)."""
+def work_table(catalog: job_inputs.Catalog, cache_ids):
+    """The feature phase's input rows, one per listed file, sorted by id (an Arrow table: compact at 1M).
+    ``cache_ids``: the feature cache's (image_id, content_hash) table (FeatureIndex.cache_ids)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    order = sorted(ids, key=ids.__getitem__)
+    readable = catalog.readable()
+    order = readable[np.argsort(np.array([catalog.ids[p] for p in readable], dtype=object))]
     n = len(order)
+    ids = pa.array([catalog.ids[p] for p in order], pa.string())
+    cached = pc.take(cache_ids.column("content_hash"), pc.index_in(ids, value_set=cache_ids.column("image_id")))
     return pa.table({
-        "image_id": [ids[p] for p in order],
-        "source_path": order,
-        "listed_size": pa.array([sizes[p] for p in order], pa.int64()),
-        "cached_hash": [cached_by_id.get(ids[p], "") for p in order],
-        "content_hash": [known[p][0] if p in known else "" for p in order],
-        "status": [STATUS_OK] * n,
-        "reject_stage": [""] * n,
-        "detail": [""] * n,
+        "image_id": ids,
+        "source_path": pa.array([catalog.paths[p] for p in order], pa.string()),
+        "listed_size": pa.array(catalog.sizes[order], pa.int64()),
+        "cached_hash": pc.fill_null(cached, ""),
+        "content_hash": pa.array(catalog.digests[order]).cast(pa.string()),  # "" unless hashed while planning
+        "status": pa.array(np.full(n, STATUS_OK, dtype=object), pa.string()),
+        "reject_stage": pa.array(np.full(n, "", dtype=object), pa.string()),
+        "detail": pa.array(np.full(n, "", dtype=object), pa.string()),
     })
+
+
+def plan_inputs(config: JobConfig) -> tuple[job_inputs.PairTable, job_inputs.Catalog]:
+    """The driver's planning before any image is read: the pairs CSV, one listing per folder, ids from paths
+    (hashing only paths whose ids collide). Columns, not objects: a few hundred bytes per image."""
+    pin_driver_mmap_threshold()
+    table = job_inputs.read_pairs(config.pairs)
+    if not len(table):
+        raise JobError(f"--pairs {config.pairs}: no pairs (only a header, or empty)")
+    paths = job_inputs.referenced_paths(table)
+    logger.info(f"{len(table)} pairs naming {len(paths)} images under {config.images}")
+    # The driver lists folders (no request per image); the workers read and hash each image once.
+    catalog = job_inputs.list_images(config.images, paths)
+    del paths
+    job_inputs.plan_ids(config.images, catalog)
+    return table, catalog
 
 
 def compute_features(
     config: JobConfig,
     pipeline: Pipeline,
     work,
+    catalog: job_inputs.Catalog,
     *,
     budget: ErrorBudget,
     errors_so_far: int,
@@ -84,7 +108,7 @@ def compute_features(
     import ray
     from tqdm import tqdm
 
-    phase = FeaturePhase(stats=defaultdict(StageStats), written=set(), hashes={})
+    phase = FeaturePhase(stats=defaultdict(StageStats), written=set(), read=np.zeros(len(catalog), bool))
     stats = phase.stats
     if not work.num_rows:
         return phase
@@ -113,11 +137,9 @@ def compute_features(
                 batch["source_path"], batch["content_hash"], batch["read_size"], batch["status"],
                 batch["reject_stage"], batch["read_error"],
             ):
-                path, status, stage = str(path), str(status), str(stage)
-                if stage == READ_STAGE:
-                    phase.hashes[path] = (FileNotFoundError if status == "missing_file" else OSError)(str(error))
-                else:
-                    phase.hashes[path] = (str(digest), int(size))
+                status, stage = str(status), str(stage)
+                phase.read[catalog.record_read(str(path), digest=str(digest), size=int(size), missing=status == "missing_file",
+                                               error=str(error) if stage == READ_STAGE else None)] = True
                 if status == STATUS_CACHED:
                     phase.cached += 1
                     continue
@@ -140,14 +162,14 @@ def compute_features(
     return phase
 
 
-def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
-    """Per-dimension mean and std of the source-image CLIP embeddings over the run's ok images (the
-    reference adds noise of this scale to the source-image embedding), merged exactly."""
+def clip_statistics(features: FeatureIndex, positions: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-dimension mean and std of the source-image CLIP embeddings over the run's ok images (the index's
+    rows at ``positions``; the reference adds noise of this scale to the source-image embedding), merged exactly."""
     import pyarrow.parquet as pq
 
     wanted: dict[str, set[int]] = defaultdict(set)
-    for row in rows:
-        wanted[row.file].add(row.row)
+    for seq, row in zip(features.column("seq", positions), features.column("row", positions)):
+        wanted[features.files[seq]].add(int(row))
     stats = None
     for file, row_numbers in sorted(wanted.items()):
         with storage.open_read(file) as stream:
@@ -160,9 +182,10 @@ def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
     return [float(v) for v in stats.mean()], [float(v) for v in stats.std()]
 
 
-def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, FeatureRow], geometry) -> list:
+def write_shards(config: JobConfig, cuts: list[ShardCut], samples: PairList, rows: ImageFeatures, geometry) -> list:
     """One Ray task per shard; a task whose worker dies is retried by Ray, one whose store stops answering
-    is retried in place (storage.retry_transient); either way the shard is rewritten whole."""
+    is retried in place (storage.retry_transient); either way the shard is rewritten whole. A shard's
+    samples become objects only while its task is sent (``rows``: each image's feature row)."""
     import ray
 
     @ray.remote(num_cpus=1, max_retries=3)
@@ -174,9 +197,10 @@ def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, 
         )
 
     futures = []
-    for plan in plans:
-        needed = {s.source.content_hash for s in plan.samples} | {s.target.content_hash for s in plan.samples}
-        futures.append(task.remote(plan, {h: features[h] for h in needed}))
+    for cut in cuts:
+        images = sorted(set(samples.source[cut.members].tolist()) | set(samples.target[cut.members].tolist()))
+        futures.append(task.remote(cut.plan(samples), {samples.images.content_hash(i): row
+                                                       for i, row in zip(images, rows.rows(images))}))
     return ray.get(futures)
 
 
@@ -217,25 +241,17 @@ def run_job(config: JobConfig) -> Manifest:
 
 
 def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manifest:
+    import pyarrow.compute as pc
     import ray
 
     phases: dict[str, float] = {}
-    rows = job_inputs.read_pairs(config.pairs)
-    if not rows:
-        raise JobError(f"--pairs {config.pairs}: no pairs (only a header, or empty)")
-    paths = job_inputs.referenced_paths(rows)
-    logger.info(f"{len(rows)} pairs naming {len(paths)} images under {config.images}")
-    # The driver lists folders (no request per image); the workers read and hash each image once.
-    sizes, failures = job_inputs.list_images(config.images, paths)
-    ids, known, hash_failures = job_inputs.plan_ids(config.images, sizes)
-    failures.update(hash_failures)
-    for path in hash_failures:
-        del sizes[path]
+    table, catalog = plan_inputs(config)
     phases["list_inputs"] = time.perf_counter() - started
-    if budget.exceeded(len(failures), len(paths)):
-        examples = "; ".join(f"{p}: {e.strerror or e}" for p, e in sorted(failures.items())[:3])
+    failures = len(catalog.errors)
+    if budget.exceeded(failures, len(catalog)):
+        examples = "; ".join(f"{catalog.paths[i]}: {e.strerror or e}" for i, e in sorted(catalog.errors.items())[:3])
         raise JobError(
-            f"{len(failures)} of {len(paths)} images named by --pairs cannot be read ({examples}), "
+            f"{failures} of {len(catalog)} images named by --pairs cannot be read ({examples}), "
             f"more than --max-errors allows ({budget.describe()}). Is --images the folder the pairs are relative to?"
         )
 
@@ -243,13 +259,12 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
     fp = fingerprint(description["fingerprint"])
     directory = features_dir(config.out, fp)
     storage.makedirs(directory)
-    cached_by_id: dict[str, str] = {}
-    cached = scan_features(directory, ids=cached_by_id)
-    work = work_table(ids, sizes, known, cached_by_id)
-    del sizes
+    cached = scan_features(directory, with_ids=True)
+    work = work_table(catalog, cached.cache_ids)
+    planned = catalog.readable()
     logger.info(
-        f"{len(ids)} images listed, {sum(ids[p] in cached_by_id for p in ids)} of them in the feature cache if "
-        f"unchanged; each is read once by a worker, the others to compute; models fingerprint {fp[:16]}"
+        f"{len(planned)} images listed, {pc.sum(pc.not_equal(work.column('cached_hash'), '')).as_py() or 0} of them in the "
+        f"feature cache if unchanged; each is read once by a worker, the others to compute; models fingerprint {fp[:16]}"
     )
 
     owns_ray = not ray.is_initialized()
@@ -266,52 +281,52 @@ def _run_job(config: JobConfig, *, budget: ErrorBudget, started: float) -> Manif
         t = time.perf_counter()
         with cluster_failures("features"):
             phase = compute_features(
-                config, pipeline, work, budget=budget, errors_so_far=len(failures), images_total=len(paths),
+                config, pipeline, work, catalog, budget=budget, errors_so_far=failures, images_total=len(catalog),
             )
+        del work
         phases["features"] = time.perf_counter() - t
-        unread = set(ids) - set(phase.hashes)
-        if unread:
-            raise JobError(f"{len(unread)} listed images came back from no worker (e.g. {min(unread)}); rerun with --resume")
-        listed = job_inputs.list_inputs(images_root=config.images, rows=rows, hashes={**failures, **phase.hashes}, ids=ids)
-        features = dict(cached)
-        for digest, row in scan_features(directory, names=phase.written).items():
-            if digest not in features or features[digest].values["status"] == CHANGED:
-                features[digest] = row
-        missing = [image for image in listed.images if image.content_hash not in features]
-        if missing:
-            raise JobError(f"{len(missing)} images have no feature rows after the run (e.g. {missing[0].source_path}); rerun with --resume")
-
+        unread = planned[~phase.read[planned]]
+        if len(unread):
+            raise JobError(f"{len(unread)} listed images came back from no worker (e.g. {catalog.paths[unread[0]]}); "
+                           "rerun with --resume")
+        listed = job_inputs.plan_pairs(table, catalog)
+        del table
+        features = cached.merged(scan_features(directory, names=phase.written))
+        del cached
+        images = listed.images
+        try:
+            rows = image_rows(images, features)
+        except KeyError as error:
+            raise JobError(f"an image has no feature row after the run ({error.args[0]}); rerun with --resume") from error
         image_rejects = list(listed.image_rejects)
-        by_id = {image.image_id: image for image in listed.images}
-        for image in listed.images:
-            row = features[image.content_hash]
-            if not row.ok:
-                image_rejects.append(Reject(kind="image", id=image.image_id, stage=row.values["reject_stage"],
-                                            reason=row.values["status"], detail=row.values["detail"],
-                                            path=image.source_path))
-        samples, joined_rejects = join_pairs(listed.pairs, by_id, features)
+        failed = np.flatnonzero(~rows.ok())
+        for i, row in zip(failed, rows.rows(failed)):
+            image_rejects.append(Reject(kind="image", id=images.image_id(i), stage=row.values["reject_stage"],
+                                        reason=row.values["status"], detail=row.values["detail"],
+                                        path=images.source_path(i)))
+        samples, joined_rejects = join_pairs(listed.pairs, rows)
         pair_rejects = listed.pair_rejects + joined_rejects
         t = time.perf_counter()
-        plans = plan_shards(samples, features, split=config.split, seed=config.seed,
-                            shard_bytes=config.shard_bytes, min_shards=config.min_shards)
-        remove_stale_shards(config.out, config.split, {p.name for p in plans})
+        cuts = plan_shards(samples, rows, split=config.split, seed=config.seed,
+                           shard_bytes=config.shard_bytes, min_shards=config.min_shards)
+        remove_stale_shards(config.out, config.split, {c.name for c in cuts})
         with cluster_failures("shard writing"):
-            records = write_shards(config, plans, features, geometry)
+            records = write_shards(config, cuts, samples, rows, geometry)
         phases["shards"] = time.perf_counter() - t
     finally:
         if owns_ray:
             ray.shutdown()
 
-    ok_rows = [features[h] for h in {i.content_hash for i in listed.images} if features[h].ok]
-    clip_mean, clip_std = clip_statistics(ok_rows)
+    ok = rows.ok()
+    clip_mean, clip_std = clip_statistics(features, np.unique(rows.positions[ok]))  # one per content
     counts = Counts(
         images_in=listed.images_in,
-        images_ok=sum(features[i.content_hash].ok for i in listed.images),
+        images_ok=int(ok.sum()),
         images_rejected=count_by_reason(image_rejects, "image"),
         pairs_in=listed.pairs_in,
         pairs_written=sum(r.samples for r in records),
         pairs_rejected=count_by_reason(pair_rejects, "pair"),
-        pairs_face_ok=sum(1 for s in samples if features[s.source.content_hash].values["face_ok"]),
+        pairs_face_ok=int(rows.column("face_ok", fill=False)[samples.source].sum()),
     )
     problems = counts.problems()
     if problems:

@@ -1,10 +1,11 @@
 import os
 
+import numpy as np
 import pytest
 
-from preprocess.job.features import FeatureRow
-from preprocess.job.inputs import ImageInput, PairInput
-from preprocess.job.pairs import join_pairs, plan_shards
+from preprocess.job.features import FeatureIndex, FeatureRow
+from preprocess.job.inputs import ImageInput, ImageTable, PairList
+from preprocess.job.pairs import image_rows, join_pairs, plan_shards
 
 
 def image(name, digest):
@@ -16,37 +17,49 @@ def row(status="ok", size=1000):
                                                "source_bytes": size, "target_bytes": size})
 
 
+def joined(images, features, pairs):
+    """Images, their feature rows (by content hash) and pairs of ids -> (samples, rejects, rows)."""
+    table = ImageTable.of(images)
+    rows = image_rows(table, FeatureIndex.of_rows(features))
+    samples, rejects = join_pairs(PairList.of(table, pairs), rows)
+    return samples, rejects, rows
+
+
+def keys(cut, samples):
+    return [s.key for s in cut.plan(samples).samples]
+
+
 def test_join_rejects_pairs_of_rejected_images():
-    images = {"a": image("a", "ha"), "b": image("b", "hb"), "c": image("c", "hc")}
+    images = [image("a", "ha"), image("b", "hb"), image("c", "hc")]
     features = {"ha": row(), "hb": row(), "hc": row(status="no_person")}
-    pairs = [PairInput(key="a__b", source_id="a", target_id="b", line=2),
-             PairInput(key="c__a", source_id="c", target_id="a", line=3),
-             PairInput(key="a__c", source_id="a", target_id="c", line=4)]
-    samples, rejects = join_pairs(pairs, images, features)
+    samples, rejects, _ = joined(images, features, [("a", "b"), ("c", "a"), ("a", "c")])
     assert [s.key for s in samples] == ["a__b"]
     assert [(r.id, r.reason) for r in rejects] == [("c__a", "source_rejected"), ("a__c", "target_rejected")]
-    assert "no_person" in rejects[0].detail and "c.jpg" in rejects[0].detail
+    assert "no_person" in rejects[0].detail and "c.jpg" in rejects[0].detail and rejects[0].detail.startswith("line 3:")
 
 
 def test_plan_is_seeded_independent_of_input_order_and_even():
     images = [image(f"i{k}", f"h{k}") for k in range(40)]
     features = {i.content_hash: row(size=50_000) for i in images}
-    pairs = [PairInput(key=f"i{k}__i{(k + 1) % 40}", source_id=f"i{k}", target_id=f"i{(k + 1) % 40}", line=k)
-             for k in range(40)]
-    by_id = {i.image_id: i for i in images}
-    samples, _ = join_pairs(pairs, by_id, features)
-    plan = plan_shards(samples, features, split="train", seed=3, shard_bytes=1_000_000, min_shards=1)
-    again = plan_shards(list(reversed(samples)), features, split="train", seed=3, shard_bytes=1_000_000, min_shards=1)
-    assert [[s.key for s in p.samples] for p in plan] == [[s.key for s in p.samples] for p in again]
-    other = plan_shards(samples, features, split="train", seed=4, shard_bytes=1_000_000, min_shards=1)
-    assert [s.key for p in other for s in p.samples] != [s.key for p in plan for s in p.samples]
-    counts = [len(p.samples) for p in plan]
+    pairs = [(f"i{k}", f"i{(k + 1) % 40}") for k in range(40)]
+    samples, _, rows = joined(images, features, pairs)
+    reverse, _, rows_reverse = joined(list(reversed(images)), features, list(reversed(pairs)))
+    plan = plan_shards(samples, rows, split="train", seed=3, shard_bytes=1_000_000, min_shards=1)
+    again = plan_shards(reverse, rows_reverse, split="train", seed=3, shard_bytes=1_000_000, min_shards=1)
+    assert [keys(p, samples) for p in plan] == [keys(p, reverse) for p in again]
+    # the order before the shuffle is the keys' (code point) order: as Python's sorted
+    ordered = sorted(s.key for s in samples)
+    order = np.random.default_rng(3).permutation(40)
+    assert [k for p in plan for k in keys(p, samples)] == [ordered[i] for i in order]
+    other = plan_shards(samples, rows, split="train", seed=4, shard_bytes=1_000_000, min_shards=1)
+    assert [k for p in other for k in keys(p, samples)] != [k for p in plan for k in keys(p, samples)]
+    counts = [len(p.members) for p in plan]
     assert sum(counts) == 40 and max(counts) - min(counts) <= 1
     assert len(plan) == 5  # 40 x ~106 kB / 1 MB with a 5% margin
     assert [p.name for p in plan] == [f"train-{i:06d}.tar" for i in range(5)]
-    wide = plan_shards(samples, features, split="train", seed=3, shard_bytes=10**12, min_shards=8)
+    wide = plan_shards(samples, rows, split="train", seed=3, shard_bytes=10**12, min_shards=8)
     assert len(wide) == 8
-    assert len(plan_shards(samples[:3], features, split="train", seed=3, shard_bytes=10**12, min_shards=8)) == 3
+    assert len(plan_shards(samples.subset(np.arange(3)), rows, split="train", seed=3, shard_bytes=10**12, min_shards=8)) == 3
 
 
 def _feature_table(tmp_path, images: int, *, previews: bool):
@@ -62,17 +75,19 @@ def _feature_table(tmp_path, images: int, *, previews: bool):
     write_pairs_csv(pairs_csv, images, 2)
     rows = job_inputs.read_pairs(pairs_csv)
     hashes = {image_path(i): (image_hash(i), 1000) for i in range(images)}
-    listed = job_inputs.list_inputs(images_root=str(tmp_path), rows=rows, hashes=hashes)
+    listed = job_inputs.list_inputs(rows=rows, hashes=hashes)
     by_path = {i.source_path: i for i in listed.images}
     directory = features_dir(str(tmp_path), hashlib.sha256(b"test").hexdigest())
     os.makedirs(directory)
     write_feature_range(directory, [by_path[image_path(i)].image_id for i in range(images)], 0, images,
                         config=config, templates=config_templates(config))
     features = scan_features(directory)
-    samples, rejects = join_pairs(listed.pairs, {i.image_id: i for i in listed.images}, features)
+    rows = image_rows(listed.images, features)
+    samples, rejects = join_pairs(listed.pairs, rows)
     assert not rejects
-    plans = plan_shards(samples, features, split="train", seed=1, shard_bytes=10**12, min_shards=2)
-    return features, plans
+    cuts = plan_shards(samples, rows, split="train", seed=1, shard_bytes=10**12, min_shards=2)
+    by_hash = dict(zip(features, features.rows_at(np.arange(len(features)))))  # what a shard task receives
+    return by_hash, [cut.plan(samples) for cut in cuts]
 
 
 def _reference_shard(plan, features, *, previews: bool) -> bytes:

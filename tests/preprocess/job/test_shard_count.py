@@ -1,17 +1,14 @@
 """Issue 18: the job's default shard count serves the trainer (64 unless samples run out); --min-shards wins."""
 
-from preprocess.job.inputs import PairInput
-from preprocess.job.pairs import default_min_shards, join_pairs, plan_shards
-from tests.preprocess.job.test_pairs import image, row
+from preprocess.job.pairs import default_min_shards, plan_shards
+from tests.preprocess.job.test_pairs import image, joined, row
 
 
 def _samples(count: int):
     images = [image(f"i{k}", f"h{k}") for k in range(count)]
     features = {i.content_hash: row(size=1000) for i in images}
-    pairs = [PairInput(key=f"i{k}__i{(k + 1) % count}", source_id=f"i{k}", target_id=f"i{(k + 1) % count}", line=k)
-             for k in range(count)]
-    samples, _ = join_pairs(pairs, {i.image_id: i for i in images}, features)
-    return samples, features
+    samples, _, rows = joined(images, features, [(f"i{k}", f"i{(k + 1) % count}") for k in range(count)])
+    return samples, rows
 
 
 def test_default_floor_is_64_shards_unless_a_shard_would_hold_under_16_samples():
