@@ -1,4 +1,5 @@
-"""Shared fixtures for the job's end-to-end tests: a real local Ray instance, the demo inputs."""
+"""Shared fixtures for the job's end-to-end tests: a real local Ray instance, the demo inputs, and the one
+uninterrupted demo run that the byte-identity tests compare with."""
 
 from __future__ import annotations
 
@@ -41,6 +42,24 @@ def demo_inputs(tmp_path_factory) -> tuple[Path, Path]:
     from preprocess.demo import write_demo_inputs
 
     return write_demo_inputs(tmp_path_factory.mktemp("demo"))
+
+
+#: The reference demo run's settings (the 1.2 MB budget splits the demo's pairs into 4 shards; for 10 pairs the
+#: default --min-shards is 1, what the pinned reference_shards.json was written with).
+REFERENCE_ARGS = ("--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_run(ray_local, demo_inputs, tmp_path_factory) -> Path:
+    """The uninterrupted demo run the byte-identity tests compare with (2 workers, batch 4, shard budget 1.2 MB,
+    seed 7, on the CPU even on a GPU machine): one run for the session, shared by test_job and test_s3. Never
+    written to: a test that reruns in it copies it first."""
+    from preprocess.build_shards import main
+
+    images, pairs = demo_inputs
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert main(["--images", str(images), "--pairs", str(pairs), "--out", str(out), *REFERENCE_ARGS]) == 0
+    return out
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:

@@ -21,14 +21,6 @@ def build(demo_inputs, out, *extra: str) -> int:
                  "--no-progress", "--device", "cpu", *extra])  # bytes are compared: the CPU even on a GPU machine
 
 
-@pytest.fixture(scope="module")
-def reference_run(ray_local, demo_inputs, tmp_path_factory):
-    """The uninterrupted run the other tests compare with: 2 workers, batch 4, shard budget 1.2 MB."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    assert build(demo_inputs, out, "--shard-size", "1.2MB", "--seed", "7") == 0
-    return out
-
-
 def test_demo_job_writes_verified_shards_and_accounts_for_everything(reference_run, capsys):
     report = verify_output(str(reference_run), progress=False)
     assert report.ok, report.problems
