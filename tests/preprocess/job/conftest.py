@@ -53,7 +53,7 @@ REFERENCE_ARGS = ("--models", "tiny", "--no-progress", "--shard-size", "1.2MB", 
 def reference_run(ray_local, demo_inputs, tmp_path_factory) -> Path:
     """The uninterrupted demo run the byte-identity tests compare with (2 workers, batch 4, shard budget 1.2 MB,
     seed 7, on the CPU even on a GPU machine): one run for the session, shared by test_job, test_s3,
-    test_reference_shards and test_declared_gpus. Never written to: a test that reruns in it copies it first."""
+    test_reference_shards, test_declared_gpus and test_launcher. Never written to: a test that reruns in it copies it first."""
     from preprocess.build_shards import main
 
     images, pairs = demo_inputs
