@@ -48,13 +48,6 @@ def test_demo_job_writes_verified_shards_and_accounts_for_everything(reference_r
     assert "counts add up" in capsys.readouterr().out
 
 
-def test_workers_and_batch_size_do_not_change_a_byte(reference_run, demo_inputs, tmp_path):
-    out = tmp_path / "out"
-    assert build(demo_inputs, out, "--shard-size", "1.2MB", "--seed", "7", "--workers", "1", "--batch-size", "3") == 0
-    assert shard_bytes(out) == shard_bytes(reference_run)
-    assert read_manifest(str(out)).shards == read_manifest(str(reference_run)).shards
-
-
 def test_staged_layout_gives_the_same_shards(reference_run, demo_inputs, tmp_path):
     out = tmp_path / "out"
     assert build(demo_inputs, out, "--shard-size", "1.2MB", "--seed", "7", "--layout", "staged", "--batch-size", "2") == 0
@@ -178,14 +171,18 @@ def test_a_worker_that_dies_mid_task_does_not_fail_the_job(reference_run, demo_i
     assert shard_bytes(out) == shard_bytes(reference_run)
 
 
-def test_inputs_and_output_as_fsspec_urls(reference_run, demo_inputs, tmp_path):
-    """Every file access goes through fsspec for URLs; `local://` takes that path on this machine."""
+def test_workers_batch_size_and_fsspec_urls_do_not_change_a_byte(reference_run, demo_inputs, tmp_path):
+    """1 worker x batch 3 (the reference: 2 x 4) give the same bytes and shard records; and every file access
+    goes through fsspec for URLs (`local://` takes that path on this machine). One run checks both: either
+    one changing a byte fails it."""
     images, pairs = demo_inputs
     out = tmp_path / "out"
     code = main(["--images", f"local://{images}", "--pairs", f"local://{pairs}", "--out", f"local://{out}",
-                 "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu"])
+                 "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu",
+                 "--workers", "1", "--batch-size", "3"])
     assert code == 0
     assert shard_bytes(out) == shard_bytes(reference_run)
+    assert read_manifest(str(out)).shards == read_manifest(str(reference_run)).shards
     assert verify_output(f"local://{out}", progress=False).ok
 
 
