@@ -13,6 +13,7 @@ from preprocess.build_shards import main
 from shards.manifest import read_manifest
 from shards.reader import iter_samples
 from shards.verify import verify_output
+from tests.preprocess.job.conftest import PINNED_SHARD_ARGS
 from tests.preprocess.job.hostile import write_hostile_folder
 
 
@@ -38,13 +39,11 @@ def run_hostile(images, pairs, out, *extra: str) -> int:
                  "--no-progress", "--max-errors", "1.0", "--device", "cpu", *extra])
 
 
-def test_hostile_folder(ray_local, tmp_path, capsys):
-    expected, rows, pairs = hostile_inputs(tmp_path)
-    images = tmp_path / "images"
+def test_hostile_folder(hostile_run, tmp_path):
+    """The session's hostile run (conftest.hostile_run, which asserts the job exits 0) accounts for every input."""
+    expected, rows, pairs, images, out = (hostile_run.expected, hostile_run.rows, hostile_run.pairs,
+                                          hostile_run.images, hostile_run.out)
     names = sorted(expected)
-    out = tmp_path / "out"
-    code = run_hostile(images, pairs, out)
-    assert code == 0, capsys.readouterr().err
     manifest = read_manifest(str(out))
     counts = manifest.counts
     named = len(names) + 2  # the hostile files plus two missing paths; ../escape.jpg is no image path
@@ -86,7 +85,7 @@ def test_hostile_folder(ray_local, tmp_path, capsys):
 
     # the same inputs again, with another batching, give the same rejects table, byte for byte
     again = tmp_path / "again"
-    assert run_hostile(images, pairs, again, "--batch-size", "3", "--workers", "1") == 0
+    assert run_hostile(images, pairs, again, *PINNED_SHARD_ARGS, "--batch-size", "3", "--workers", "1") == 0
     assert (again / "rejects.parquet").read_bytes() == (out / "rejects.parquet").read_bytes()
 
 

@@ -21,14 +21,6 @@ def build(demo_inputs, out, *extra: str) -> int:
                  "--no-progress", "--device", "cpu", *extra])  # bytes are compared: the CPU even on a GPU machine
 
 
-@pytest.fixture(scope="module")
-def reference_run(ray_local, demo_inputs, tmp_path_factory):
-    """The uninterrupted run the other tests compare with: 2 workers, batch 4, shard budget 1.2 MB."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    assert build(demo_inputs, out, "--shard-size", "1.2MB", "--seed", "7") == 0
-    return out
-
-
 def test_demo_job_writes_verified_shards_and_accounts_for_everything(reference_run, capsys):
     report = verify_output(str(reference_run), progress=False)
     assert report.ok, report.problems
@@ -54,13 +46,6 @@ def test_demo_job_writes_verified_shards_and_accounts_for_everything(reference_r
     assert stats["stages"]["densepose"]["images"] == 8 and stats["stages"]["densepose"]["worker_seconds"] > 0
     assert cli(["summary", str(reference_run)]) == 0
     assert "counts add up" in capsys.readouterr().out
-
-
-def test_workers_and_batch_size_do_not_change_a_byte(reference_run, demo_inputs, tmp_path):
-    out = tmp_path / "out"
-    assert build(demo_inputs, out, "--shard-size", "1.2MB", "--seed", "7", "--workers", "1", "--batch-size", "3") == 0
-    assert shard_bytes(out) == shard_bytes(reference_run)
-    assert read_manifest(str(out)).shards == read_manifest(str(reference_run)).shards
 
 
 def test_staged_layout_gives_the_same_shards(reference_run, demo_inputs, tmp_path):
@@ -186,14 +171,18 @@ def test_a_worker_that_dies_mid_task_does_not_fail_the_job(reference_run, demo_i
     assert shard_bytes(out) == shard_bytes(reference_run)
 
 
-def test_inputs_and_output_as_fsspec_urls(reference_run, demo_inputs, tmp_path):
-    """Every file access goes through fsspec for URLs; `local://` takes that path on this machine."""
+def test_workers_batch_size_and_fsspec_urls_do_not_change_a_byte(reference_run, demo_inputs, tmp_path):
+    """1 worker x batch 3 (the reference: 2 x 4) give the same bytes and shard records; and every file access
+    goes through fsspec for URLs (`local://` takes that path on this machine). One run checks both: either
+    one changing a byte fails it."""
     images, pairs = demo_inputs
     out = tmp_path / "out"
     code = main(["--images", f"local://{images}", "--pairs", f"local://{pairs}", "--out", f"local://{out}",
-                 "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu"])
+                 "--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu",
+                 "--workers", "1", "--batch-size", "3"])
     assert code == 0
     assert shard_bytes(out) == shard_bytes(reference_run)
+    assert read_manifest(str(out)).shards == read_manifest(str(reference_run)).shards
     assert verify_output(f"local://{out}", progress=False).ok
 
 

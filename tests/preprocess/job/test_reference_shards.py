@@ -18,9 +18,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from preprocess.build_shards import main
+from tests.preprocess.job.conftest import PINNED_SHARD_ARGS
 
 REFERENCE = Path(__file__).with_name("reference_shards.json")
-COMMON = ["--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--min-shards", "1"]
+COMMON = ["--models", "tiny", "--no-progress", *PINNED_SHARD_ARGS]  # "--shard-size 1.2MB --seed 7 --min-shards 1"
 
 
 def digest_output(out: Path) -> dict:
@@ -58,12 +59,22 @@ def _compare(got: dict, want: dict) -> None:
     assert got["tars"] == want["tars"]
 
 
-def test_demo_shards_are_byte_identical_to_the_reference(ray_local, demo_inputs, tmp_path):
-    _compare(demo_output(demo_inputs, tmp_path / "out"), json.loads(REFERENCE.read_text())["demo"])
+def test_demo_shards_are_byte_identical_to_the_reference(reference_run):
+    """The session's demo run (conftest.reference_run) has this file's settings: the same budget and seed, and
+    --min-shards 1 is the default for the demo's pairs (checked below from the pairs written)."""
+    from preprocess.job.pairs import default_min_shards
+    from shards.manifest import read_manifest
+
+    manifest = read_manifest(str(reference_run))
+    assert default_min_shards(manifest.counts.pairs_written) == 1
+    for flag in ("--shard-size", "--seed"):
+        assert manifest.command[manifest.command.index(flag) + 1] == COMMON[COMMON.index(flag) + 1]
+    _compare(digest_output(reference_run), json.loads(REFERENCE.read_text())["demo"])
 
 
-def test_hostile_shards_are_byte_identical_to_the_reference(ray_local, tmp_path):
-    _compare(hostile_output(tmp_path), json.loads(REFERENCE.read_text())["hostile"])
+def test_hostile_shards_are_byte_identical_to_the_reference(hostile_run):
+    """The session's hostile run (conftest.hostile_run): this file's settings (PINNED_SHARD_ARGS), on the CPU."""
+    _compare(digest_output(hostile_run.out), json.loads(REFERENCE.read_text())["hostile"])
 
 
 def _regenerate(destination: str) -> None:

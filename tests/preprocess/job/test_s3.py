@@ -19,15 +19,8 @@ from tests.preprocess.job.conftest import shard_bytes
 from tools.cli import main as cli
 
 ARGS = ("--models", "tiny", "--no-progress", "--shard-size", "1.2MB", "--seed", "7", "--device", "cpu")
-
-
-@pytest.fixture(scope="module")
-def local_run(ray_local, demo_inputs, tmp_path_factory):
-    """The same job on local folders: what the S3 runs must equal byte for byte."""
-    images, pairs = demo_inputs
-    out = tmp_path_factory.mktemp("local") / "out"
-    assert main(["--images", str(images), "--pairs", str(pairs), "--out", str(out), *ARGS]) == 0
-    return out
+# What the S3 runs must equal byte for byte: the session's demo run on local folders (conftest.reference_run,
+# the same settings as ARGS and test_job._job_command), not a run of this module's own.
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +48,14 @@ def temporaries(s3_server, bucket: str) -> list[str]:
     return [key for key in s3_server.keys(bucket) if storage.is_temporary(key.rsplit("/", 1)[-1])]
 
 
-def test_job_on_s3_equals_the_local_run_and_the_cli_reads_it(s3_server, s3_inputs, local_run, tmp_path, capsys):
+def test_job_on_s3_equals_the_local_run_and_the_cli_reads_it(s3_server, s3_inputs, reference_run, tmp_path, capsys):
     from tests.preprocess.job.test_job import _run_detached
 
     bucket, images, pairs = s3_inputs
     out = f"s3://{bucket}/runs/clean"
     code, output = _run_detached(s3_command(images, pairs, out))
     assert code == 0, output
-    assert s3_shards(out) == shard_bytes(local_run)
+    assert s3_shards(out) == shard_bytes(reference_run)
     assert temporaries(s3_server, bucket) == [] and s3_server.open_uploads(bucket) == []
     manifest = json.loads(storage.read_bytes(storage.join(out, "manifest.json")))
     assert manifest["command"][1:5] == ["--images", images, "--pairs", pairs]
@@ -75,7 +68,7 @@ def test_job_on_s3_equals_the_local_run_and_the_cli_reads_it(s3_server, s3_input
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_on_s3_gives_the_local_shards(s3_server, s3_inputs, local_run):
+def test_resume_after_sigkill_on_s3_gives_the_local_shards(s3_server, s3_inputs, reference_run):
     from tests.preprocess.job.test_job import _run_detached
 
     bucket, images, pairs = s3_inputs
@@ -84,7 +77,7 @@ def test_resume_after_sigkill_on_s3_gives_the_local_shards(s3_server, s3_inputs,
     first, output = _run_detached(s3_command(images, pairs, out), kill_after=delay)
     code, output = _run_detached(s3_command(images, pairs, out, "--resume"))
     assert code == 0, f"killed after {delay:.1f} s (exit {first}): {output}"
-    assert s3_shards(out) == shard_bytes(local_run), f"killed after {delay:.1f} s (exit {first})"
+    assert s3_shards(out) == shard_bytes(reference_run), f"killed after {delay:.1f} s (exit {first})"
     assert temporaries(s3_server, bucket) == [], f"killed after {delay:.1f} s"
     assert verify_output(out, progress=False).ok
 
