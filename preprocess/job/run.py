@@ -28,6 +28,7 @@ from preprocess.job.output import prepare_output, remove_stale_shards
 from preprocess.job.pairs import ShardPlan, join_pairs, plan_shards, write_shard
 from preprocess.job.output import LOG_NAME
 from preprocess.job.report import PartialStats, StageStats, format_table, job_stats, write_stats
+from preprocess.job.watch import RESUME_HINT, NodeWatch, halt_dataset, pipeline_needs
 from shards import storage
 from shards.cli import RunLog
 from shards.manifest import REJECTS_NAME, STATS_NAME, Counts, Manifest, toolkit_version, write_manifest
@@ -96,8 +97,11 @@ def compute_features(
     dataset = pipeline.apply(dataset, blocks=blocks)
     errors = errors_so_far
     bar = tqdm(total=work.num_rows, desc="images", unit="img", disable=not config.progress, file=sys.stderr)
+    watch = NodeWatch(phase="features", needs=pipeline_needs(pipeline.plan), wait_s=config.node_wait)
+    batches = watch.iterate(dataset.iter_batches(batch_size=None, batch_format="numpy"),
+                            halt=lambda: halt_dataset(dataset))
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in batches:
             n = len(batch["image_id"])
             done += n
             bar.update(n)
@@ -136,6 +140,7 @@ def compute_features(
                     "inputs or raise --max-errors, then rerun with --resume"
                 )
     finally:
+        batches.close()
         bar.close()
     return phase
 
@@ -160,12 +165,15 @@ def clip_statistics(rows: list[FeatureRow]) -> tuple[list[float], list[float]]:
     return [float(v) for v in stats.mean()], [float(v) for v in stats.std()]
 
 
+SHARD_TASK_CPUS = 1
+
+
 def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, FeatureRow], geometry) -> list:
     """One Ray task per shard; a task whose worker dies is retried by Ray, one whose store stops answering
     is retried in place (storage.retry_transient); either way the shard is rewritten whole."""
     import ray
 
-    @ray.remote(num_cpus=1, max_retries=3)
+    @ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=3)
     def task(plan: ShardPlan, rows: dict[str, FeatureRow]):
         return storage.retry_transient(
             lambda: write_shard(out_dir=config.out, plan=plan, geometry=geometry, features=rows,
@@ -177,7 +185,8 @@ def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, 
     for plan in plans:
         needed = {s.source.content_hash for s in plan.samples} | {s.target.content_hash for s in plan.samples}
         futures.append(task.remote(plan, {h: features[h] for h in needed}))
-    return ray.get(futures)
+    watch = NodeWatch(phase="shard writing", needs=[{"CPU": float(SHARD_TASK_CPUS)}], wait_s=config.node_wait)
+    return watch.get(futures)
 
 
 @contextlib.contextmanager
@@ -195,8 +204,7 @@ def cluster_failures(phase: str):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise JobError(
             f"the cluster lost workers or nodes during {phase} and Ray could not recover "
-            f"({type(error).__name__}: {first[:300]}). What was finished is kept: rerun the same command with "
-            "--resume to continue (finished images are not computed again, the shards come out the same)"
+            f"({type(error).__name__}: {first[:300]}). {RESUME_HINT}"
         ) from error
 
 
