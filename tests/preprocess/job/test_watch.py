@@ -105,3 +105,20 @@ def test_node_loss_watch_iterates_passes_errors_and_stops_a_blocked_wait():
         next(items)
     assert release.is_set(), "stopping did not halt what the items wait on (the dataset's execution)"
     assert closed.is_set(), "the pulling thread had not closed the items when the watch returned"
+
+
+def test_node_loss_watch_bounds_the_wait_for_ray_tasks(ray_local):
+    """The shard phase's wait: results come back as ray.get gives them; a task no node can run (here one asking
+    for more CPUs than exist: Ray keeps it pending for ever, as after the last node is lost) is stopped."""
+    import ray
+
+    cluster = Cluster([HEAD, {"CPU": 1.0}])
+    value = ray.remote(num_cpus=0)(lambda x: x)
+    assert cluster.watch(needs=[{"CPU": 1.0}], wait_s=0).get([value.remote(1), value.remote(2)]) == [1, 2]
+    stuck = ray.remote(num_cpus=10_000)(lambda: None).remote()
+    cluster.nodes = [HEAD]
+    try:
+        with pytest.raises(JobError, match="no live node has 1 CPU and none joined in 0 s"):
+            cluster.watch(needs=[{"CPU": 1.0}], wait_s=0).get([stuck])
+    finally:
+        ray.cancel(stuck)
