@@ -4,6 +4,7 @@ test_node_loss.py's): the clock and the live nodes are given, so the wait's edge
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -96,6 +97,7 @@ def test_node_loss_watch_iterates_passes_errors_and_stops_a_blocked_wait():
             yield "second"
             yield "never pulled"
         finally:
+            time.sleep(0.2)  # closing takes a while (Ray Data's last calls): the watch waits for it
             closed.set()
 
     items = cluster.watch(needs=[{"CPU": 1.0}], wait_s=0).iterate(blocked(), halt=release.set)
