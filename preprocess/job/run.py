@@ -191,9 +191,10 @@ def write_shards(config: JobConfig, plans: list[ShardPlan], features: dict[str, 
 
 @contextlib.contextmanager
 def cluster_failures(phase: str):
-    """What Ray could not recover from (a node lost with work Ray cannot rerun elsewhere: an actor pool's
-    last node, an object whose owner died) stops the job with one line saying how to continue. Ray itself
-    reruns the batches and shard tasks of a lost node on the nodes left; this is for the rest."""
+    """What Ray could not recover from and raised (a lost actor that cannot be restarted, an object whose
+    owner died) stops the job with one line saying how to continue. Ray itself reruns the batches and shard
+    tasks of a lost node on the nodes left; where no node is left Ray waits instead of raising, and
+    watch.NodeWatch bounds that wait."""
     import ray
 
     try:

@@ -5,7 +5,10 @@ written. The job finishes on what is left, and its shards are byte-identical to 
 (the pinned reference of test_reference_shards.py, the same inputs and settings).
 
 The head has no CPU, so the feature actors and shard tasks run on the two worker nodes (one CPU each)
-and the killed node always held work. The job is a separate process joining the cluster by --address."""
+and the killed node always held work. The job is a separate process joining the cluster by --address.
+
+With ONE worker node, killed during features, nothing is left to run the work: the job waits --node-wait
+seconds, stops naming --resume, and the resumed run on a new node gives the same shards."""
 
 from __future__ import annotations
 
