@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the devices and the resource plan on the cluster as JSON and exit (nothing computed)")
     run.add_argument("--gpu-dtype", choices=("float32", "bfloat16"), default="float32", help="model precision on GPUs")
     run.add_argument("--local-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    run.add_argument("--node-wait", type=float, default=600.0, metavar="SECONDS",
+                     help="when lost nodes leave no node able to run the work, wait this long for nodes to join, "
+                          "then stop (rerun with --resume to continue; default 600)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     add_verbosity(run)
     return parser
@@ -99,6 +102,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> JobConfig:
     images, pairs = args.images, args.pairs
     if (images is None) != (pairs is None):
         raise JobError("give both --images and --pairs, or neither (the embedded demo)")
+    if args.node_wait < 0:
+        raise JobError(f"--node-wait must not be negative, got {args.node_wait:g}")
     if args.min_shards is not None and args.min_shards < 1:
         raise JobError(f"--min-shards must be at least 1, got {args.min_shards}")
     if images is None:
@@ -136,6 +141,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> JobConfig:
         max_pixels=args.max_pixels,
         progress=args.progress and sys.stderr.isatty(),
         local_cpus=args.local_cpus,
+        node_wait=args.node_wait,
         command=tuple(["build_shards.py", *argv]),
     )
 

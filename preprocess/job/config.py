@@ -34,6 +34,7 @@ class JobConfig:
     max_pixels: int = 40_000_000
     progress: bool = True
     local_cpus: int | None = None
+    node_wait: float = 600.0  # seconds to wait for nodes when none left can run a phase (preprocess/job/watch.py)
     command: tuple[str, ...] = ()
 
 

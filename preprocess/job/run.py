@@ -30,6 +30,7 @@ from preprocess.job.inputs import PairList
 from preprocess.job.pairs import ImageFeatures, ShardCut, ShardPlan, image_rows, join_pairs, plan_shards, write_shard
 from preprocess.job.output import LOG_NAME
 from preprocess.job.report import PartialStats, StageStats, format_table, job_stats, write_stats
+from preprocess.job.watch import RESUME_HINT, NodeWatch, halt_dataset, pipeline_needs
 from shards import storage
 from shards.cli import RunLog
 from shards.manifest import REJECTS_NAME, STATS_NAME, Counts, Manifest, toolkit_version, write_manifest
@@ -120,8 +121,11 @@ def compute_features(
     dataset = pipeline.apply(dataset, blocks=blocks)
     errors = errors_so_far
     bar = tqdm(total=work.num_rows, desc="images", unit="img", disable=not config.progress, file=sys.stderr)
+    watch = NodeWatch(phase="features", needs=pipeline_needs(pipeline.plan), wait_s=config.node_wait)
+    batches = watch.iterate(dataset.iter_batches(batch_size=None, batch_format="numpy"),
+                            halt=lambda: halt_dataset(dataset))
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in batches:
             n = len(batch["image_id"])
             done += n
             bar.update(n)
@@ -158,6 +162,7 @@ def compute_features(
                     "inputs or raise --max-errors, then rerun with --resume"
                 )
     finally:
+        batches.close()
         bar.close()
     return phase
 
@@ -182,13 +187,16 @@ def clip_statistics(features: FeatureIndex, positions: np.ndarray) -> tuple[list
     return [float(v) for v in stats.mean()], [float(v) for v in stats.std()]
 
 
+SHARD_TASK_CPUS = 1
+
+
 def write_shards(config: JobConfig, cuts: list[ShardCut], samples: PairList, rows: ImageFeatures, geometry) -> list:
     """One Ray task per shard; a task whose worker dies is retried by Ray, one whose store stops answering
     is retried in place (storage.retry_transient); either way the shard is rewritten whole. A shard's
     samples become objects only while its task is sent (``rows``: each image's feature row)."""
     import ray
 
-    @ray.remote(num_cpus=1, max_retries=3)
+    @ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=3)
     def task(plan: ShardPlan, rows: dict[str, FeatureRow]):
         return storage.retry_transient(
             lambda: write_shard(out_dir=config.out, plan=plan, geometry=geometry, features=rows,
@@ -201,14 +209,16 @@ def write_shards(config: JobConfig, cuts: list[ShardCut], samples: PairList, row
         images = sorted(set(samples.source[cut.members].tolist()) | set(samples.target[cut.members].tolist()))
         futures.append(task.remote(cut.plan(samples), {samples.images.content_hash(i): row
                                                        for i, row in zip(images, rows.rows(images))}))
-    return ray.get(futures)
+    watch = NodeWatch(phase="shard writing", needs=[{"CPU": float(SHARD_TASK_CPUS)}], wait_s=config.node_wait)
+    return watch.get(futures)
 
 
 @contextlib.contextmanager
 def cluster_failures(phase: str):
-    """What Ray could not recover from (a node lost with work Ray cannot rerun elsewhere: an actor pool's
-    last node, an object whose owner died) stops the job with one line saying how to continue. Ray itself
-    reruns the batches and shard tasks of a lost node on the nodes left; this is for the rest."""
+    """What Ray could not recover from and raised (a lost actor that cannot be restarted, an object whose
+    owner died) stops the job with one line saying how to continue. Ray itself reruns the batches and shard
+    tasks of a lost node on the nodes left; where no node is left Ray waits instead of raising, and
+    watch.NodeWatch bounds that wait."""
     import ray
 
     try:
@@ -219,8 +229,7 @@ def cluster_failures(phase: str):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise JobError(
             f"the cluster lost workers or nodes during {phase} and Ray could not recover "
-            f"({type(error).__name__}: {first[:300]}). What was finished is kept: rerun the same command with "
-            "--resume to continue (finished images are not computed again, the shards come out the same)"
+            f"({type(error).__name__}: {first[:300]}). {RESUME_HINT}"
         ) from error
 
 
