@@ -315,7 +315,7 @@ def run_plan(config: ScaleConfig, *, read_batch: int = 1024) -> dict:
     with PeakRss() as peak:
         t0 = time.perf_counter()
         table, catalog = plan_inputs(JobConfig(images=root, pairs=pairs_csv, out=config.out, progress=False))
-        work = work_table(catalog, {})
+        work = work_table(catalog)
         phases["read_pairs_list_and_ids"] = time.perf_counter() - t0
         t = time.perf_counter()
         dataset = ray.data.from_arrow([work.slice(s, read_batch) for s in range(0, work.num_rows, read_batch)])

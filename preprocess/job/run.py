@@ -55,9 +55,9 @@ class FeaturePhase:
     cached: int = 0
 
 
-def work_table(catalog: job_inputs.Catalog, cache_ids):
+def work_table(catalog: job_inputs.Catalog, cache_ids=None):
     """The feature phase's input rows, one per listed file, sorted by id (an Arrow table: compact at 1M).
-    ``cache_ids``: the feature cache's (image_id, content_hash) table (FeatureIndex.cache_ids)."""
+    ``cache_ids``: the feature cache's (image_id, content_hash) table (FeatureIndex.cache_ids; None: no cache)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -65,7 +65,10 @@ def work_table(catalog: job_inputs.Catalog, cache_ids):
     order = readable[np.argsort(np.array([catalog.ids[p] for p in readable], dtype=object))]
     n = len(order)
     ids = pa.array([catalog.ids[p] for p in order], pa.string())
-    cached = pc.take(cache_ids.column("content_hash"), pc.index_in(ids, value_set=cache_ids.column("image_id")))
+    if cache_ids is None:
+        cached = pa.nulls(n, pa.string())
+    else:
+        cached = pc.take(cache_ids.column("content_hash"), pc.index_in(ids, value_set=cache_ids.column("image_id")))
     return pa.table({
         "image_id": ids,
         "source_path": pa.array([catalog.paths[p] for p in order], pa.string()),
