@@ -72,21 +72,15 @@ class DemoRun:
 @pytest.fixture(scope="session")
 def demo_run(feature_modes_run, tmp_path_factory) -> DemoRun:
     """One training run shared by the evaluation end-to-end test and the checkpoint sweep (one, not two)."""
-    from accelerate.state import AcceleratorState, GradientState
     from PIL import Image
 
-    from tests.train.conftest import write_config
-    from train.run import main as train_main
+    from tests.train.conftest import train_in_process, write_config
 
     shards, images, _ = feature_modes_run
     base = tmp_path_factory.mktemp("demo-run")
     config = write_config(base / "tiny.yaml", checkpoint={"every": 1, "keep_last": 2})
-    try:
-        assert train_main(["--shards", str(shards), "--config", str(config), "--output-dir", str(base / "run"),
-                           "--max-steps", "2"]) == 0
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    assert train_in_process(["--shards", str(shards), "--config", str(config), "--output-dir", str(base / "run"),
+                             "--max-steps", "2"]) == 0
     train = base / "train"
     train.mkdir()
     for number, path in enumerate(sorted(p for p in images.rglob("*") if p.suffix in (".png", ".jpg")

@@ -99,14 +99,28 @@ def shards_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture()
-def fresh_accelerate():
+def reset_accelerate() -> None:
     """Each in-process run builds its own Accelerator; accelerate keeps process-wide state between them."""
     from accelerate.state import AcceleratorState, GradientState
 
-    yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def train_in_process(argv: list[str]) -> int:
+    """train/run.py's main() in this process, accelerate's state reset after it."""
+    from train.run import main
+
+    try:
+        return main(argv)
+    finally:
+        reset_accelerate()
+
+
+@pytest.fixture()
+def fresh_accelerate():
+    yield
+    reset_accelerate()
 
 
 def clone(module):
@@ -117,10 +131,6 @@ def clone(module):
 def trained(tmp_path_factory):
     """Synthetic shards (5 pairs in 3 shards, a VAE recorded) and a 2-step tiny run's checkpoint (the
     sampler's end-to-end tests and the checkpoint export share it: one training run)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from train.run import main as train_main
-
     base = tmp_path_factory.mktemp("sample-e2e")
     shards = base / "out"
     write_synthetic_dataset(str(shards), geometry=GEOMETRY, samples=5, samples_per_shard=2, seed=11)
@@ -128,12 +138,8 @@ def trained(tmp_path_factory):
     config = write_config(base / "c.yaml", validation={"vae_path": None}, checkpoint={"every": 2, "keep_last": 1},
                           data={"num_workers": 0, "batch_size": 2})
     run = base / "run"
-    try:
-        assert train_main(["--shards", str(shards), "--config", str(config), "--output-dir", str(run),
-                           "--max-steps", "2"]) == 0
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    assert train_in_process(["--shards", str(shards), "--config", str(config), "--output-dir", str(run),
+                             "--max-steps", "2"]) == 0
     return shards, run / "checkpoint-2"
 
 

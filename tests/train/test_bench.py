@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from tests.train.conftest import reset_accelerate
 
 from train.bench import ARCHS, main, measure_steps
 
@@ -13,8 +13,7 @@ def test_cpu_benchmark_reports_every_figure(capsys):
     try:
         assert main(["--arch", "tiny", "--resolution", "64x64", "--repeats", "1", "--samples", "8", "--steps", "3"]) == 0
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
     report = json.loads(capsys.readouterr().out)
     online, shard, wait = report["online_extraction"], report["shard_read"], report["data_wait_tiny"]
     assert online["arch"] == "tiny" and online["seconds_per_sample"] > 0

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
-from tests.train.conftest import INFER, call, model_inputs, tiny_model, write_config
+from tests.train.conftest import INFER, call, model_inputs, tiny_model, train_in_process, write_config
 from train.convert import load_weights, main as convert_main
-from train.run import main as train_main
 
 WEIGHTS = INFER.folder / "weights"
 NAMES = ("denoising_unet.pth", "reference_unet.pth", "pose_guider.pth", "image_proj_model.pth")
@@ -105,24 +103,16 @@ def test_project_zeros_equals_the_projector_run_on_zeros():
     torch.testing.assert_close(got[1], masked[1])
 
 
-def _train(argv: list[str]) -> int:
-    try:
-        return train_main(argv)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-
-
 def test_clip_std_file_of_the_wrong_length_is_refused_before_any_work(shards_dir, tmp_path, capsys):
     bad = tmp_path / "clip_std.npy"
     np.save(bad, np.ones(7, np.float32))
     config = write_config(tmp_path / "c.yaml", conditioning={"clip_std": str(bad)}, validation={"vae_path": None})
-    assert _train(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "conditioning.clip_std" in err and str(bad) in err and "(24,)" in err
     assert not (tmp_path / "run").exists()
     config = write_config(tmp_path / "c2.yaml", model={"face_missing": "drop"})
-    assert _train(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
     assert "model.face_missing must be one of" in capsys.readouterr().err
 
 
@@ -133,19 +123,19 @@ def test_init_from_starts_at_step_zero_from_those_weights(shards_dir, tmp_path, 
                           data={"num_workers": 0, "batch_size": 2}, conditioning={"clip_std": str(good)},
                           solver={"learning_rate": 0.0})
     common = ["--shards", str(shards_dir), "--config", str(config), "--max-steps", "1"]
-    assert _train([*common, "--output-dir", str(tmp_path / "first")]) == 0
+    assert train_in_process([*common, "--output-dir", str(tmp_path / "first")]) == 0
     first = load_weights(tmp_path / "first" / "checkpoint-1").model.state_dict()
     # Another seed would give other initial weights; --init-from replaces them all (lr 0 keeps them).
     other = write_config(tmp_path / "c2.yaml", validation={"vae_path": None}, checkpoint={"every": 1, "keep_last": 1},
                          data={"num_workers": 0, "batch_size": 2}, solver={"learning_rate": 0.0}, seed=5)
     capsys.readouterr()
-    assert _train(["--shards", str(shards_dir), "--config", str(other), "--max-steps", "1",
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(other), "--max-steps", "1",
                    "--output-dir", str(tmp_path / "second"), "--init-from", str(tmp_path / "first" / "checkpoint-1")]) == 0
     checkpoint = tmp_path / "first" / "checkpoint-1"
     assert f"initial weights: {checkpoint} (sha256 " in (tmp_path / "second" / "train.log").read_text()
     second = load_weights(tmp_path / "second" / "checkpoint-1").model.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
-    assert _train([*common, "--output-dir", str(tmp_path / "third"), "--init-from", str(tmp_path / "nowhere")]) == 2
+    assert train_in_process([*common, "--output-dir", str(tmp_path / "third"), "--init-from", str(tmp_path / "nowhere")]) == 2
     assert "--init-from" in capsys.readouterr().err
 
 

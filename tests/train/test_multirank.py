@@ -13,11 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from shards.reader import iter_samples, resolve
 from shards.synthetic import write_synthetic_dataset
-from tests.train.conftest import GEOMETRY, add_vae_record, write_config, write_tiny_vae
+from tests.train.conftest import GEOMETRY, add_vae_record, reset_accelerate, train_in_process, write_config, write_tiny_vae
 from train.data import TrainStream
 from train.sample import contiguous_run
 from train.sample import main as sample_main
@@ -44,8 +43,7 @@ def _sample(argv: list[str]) -> int:
         return sample_main(argv)
     finally:
         torch.set_num_threads(threads)
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
 
 
 def _logs(run: Path) -> list[dict]:
@@ -148,16 +146,10 @@ def test_keys_and_limit_sample_a_subset_with_the_same_bytes(two_shards, tmp_path
 
 def _tiny_weights(shards: Path, tmp_path: Path) -> Path:
     """Weights to sample with: a 1-step in-process run of the tiny config."""
-    from train.run import main as train_main
-
     config = write_config(tmp_path / "c.yaml", validation={"vae_path": None}, checkpoint={"every": 1, "keep_last": 1},
                           data={"num_workers": 0, "batch_size": 2})
-    try:
-        assert train_main(["--shards", str(shards), "--config", str(config), "--output-dir", str(tmp_path / "run"),
-                           "--max-steps", "1"]) == 0
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    assert train_in_process(["--shards", str(shards), "--config", str(config), "--output-dir", str(tmp_path / "run"),
+                             "--max-steps", "1"]) == 0
     return tmp_path / "run" / "checkpoint-1"
 
 

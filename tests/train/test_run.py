@@ -10,26 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from shards.schema import Geometry
 from shards.synthetic import write_synthetic_dataset
-from tests.train.conftest import add_vae_record, write_config, write_tiny_vae
+from tests.train.conftest import add_vae_record, train_in_process, write_config, write_tiny_vae
 from train.checkpoints import list_checkpoints
-from train.run import main, single_process_launch_warning
+from train.run import single_process_launch_warning
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {"validation": {"vae_path": None}}
-
-
-def run(argv: list[str]) -> int:
-    """main() in this process; accelerate keeps process-wide state, so reset it after each run."""
-    try:
-        return main(argv)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
 
 
 def logs(run_dir: Path) -> list[dict]:
@@ -46,11 +36,11 @@ def test_resume_continues_exactly_where_the_run_stopped(shards_dir, tmp_path, ca
                           data={"num_workers": 2, "batch_size": 2, "shuffle_buffer": 8},
                           solver={"gradient_accumulation_steps": 2})
     common = ["--shards", str(shards_dir), "--config", str(config)]
-    assert run([*common, "--output-dir", str(tmp_path / "straight"), "--max-steps", "6"]) == 0
+    assert train_in_process([*common, "--output-dir", str(tmp_path / "straight"), "--max-steps", "6"]) == 0
     assert [step for step, _ in list_checkpoints(tmp_path / "straight")] == [4, 6]  # keep_last 2
-    assert run([*common, "--output-dir", str(tmp_path / "split"), "--max-steps", "3"]) == 0
+    assert train_in_process([*common, "--output-dir", str(tmp_path / "split"), "--max-steps", "3"]) == 0
     capsys.readouterr()
-    assert run([*common, "--output-dir", str(tmp_path / "split"), "--max-steps", "6", "--resume", "latest"]) == 0
+    assert train_in_process([*common, "--output-dir", str(tmp_path / "split"), "--max-steps", "6", "--resume", "latest"]) == 0
     # The console (no -v) shows the one-line summary; the run log, appended by both runs, holds the rest.
     console = capsys.readouterr()
     assert console.out.splitlines() == [f"train/run.py: finished at step 6 (1 process(es)); checkpoints and "
@@ -77,16 +67,16 @@ def test_resume_continues_exactly_where_the_run_stopped(shards_dir, tmp_path, ca
 def test_resume_latest_without_checkpoints_starts_fresh_and_bad_paths_are_refused(shards_dir, tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml", validation={"vae_path": None, "every": 0})
     common = ["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]
-    assert run([*common, "--max-steps", "1", "--resume"]) == 0
+    assert train_in_process([*common, "--max-steps", "1", "--resume"]) == 0
     assert f"no checkpoint in {tmp_path / 'run'}; starting at step 0" in run_log(tmp_path / "run")
-    assert run([*common, "--max-steps", "2"]) == 2
+    assert train_in_process([*common, "--max-steps", "2"]) == 2
     assert "already holds checkpoint-1: pass --resume" in capsys.readouterr().err
     for target, message in ((tmp_path / "nowhere", "no such checkpoint folder"),
                             (tmp_path, "not a checkpoint-STEP folder")):
-        assert run([*common, "--max-steps", "2", "--resume", str(target)]) == 2
+        assert train_in_process([*common, "--max-steps", "2", "--resume", str(target)]) == 2
         assert message in capsys.readouterr().err
     (tmp_path / "checkpoint-7").mkdir()
-    assert run([*common, "--max-steps", "8", "--resume", str(tmp_path / "checkpoint-7")]) == 2
+    assert train_in_process([*common, "--max-steps", "8", "--resume", str(tmp_path / "checkpoint-7")]) == 2
     assert "incomplete checkpoint (no model.safetensors)" in capsys.readouterr().err
     assert list_checkpoints(tmp_path / "missing") == []
 
@@ -94,11 +84,11 @@ def test_resume_latest_without_checkpoints_starts_fresh_and_bad_paths_are_refuse
 def test_resuming_an_older_checkpoint_replaces_the_later_ones(shards_dir, tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml", **QUIET, checkpoint={"every": 2, "keep_last": 5})
     common = ["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]
-    assert run([*common, "--max-steps", "4"]) == 0
+    assert train_in_process([*common, "--max-steps", "4"]) == 0
     first = load_file(tmp_path / "run" / "checkpoint-4" / "model.safetensors")
     (tmp_path / "run" / "checkpoint-9.partial").mkdir()  # what a killed save leaves
     capsys.readouterr()
-    assert run([*common, "--max-steps", "4", "--resume", str(tmp_path / "run" / "checkpoint-2"), "-v"]) == 0
+    assert train_in_process([*common, "--max-steps", "4", "--resume", str(tmp_path / "run" / "checkpoint-2"), "-v"]) == 0
     message = f"resumed from {tmp_path / 'run' / 'checkpoint-2'} at step 2"
     assert f"[train.run] {message}" in capsys.readouterr().err  # -v: the console says it too
     assert message in run_log(tmp_path / "run")
@@ -110,11 +100,11 @@ def test_resuming_an_older_checkpoint_replaces_the_later_ones(shards_dir, tmp_pa
 
 def test_bad_command_lines_are_refused(shards_dir, tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml", **QUIET)
-    assert run(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path),
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path),
                 "--max-steps", "0"]) == 2
     assert "--max-steps must be positive" in capsys.readouterr().err
     shard = shards_dir / "train-000000.tar"
-    assert run(["--shards", str(shard), "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
+    assert train_in_process(["--shards", str(shard), "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
     assert "give an output folder with manifest.json" in capsys.readouterr().err
 
 
@@ -122,7 +112,7 @@ def test_a_diverging_run_stops_with_the_step(shards_dir, tmp_path):
     config = write_config(tmp_path / "c.yaml", **QUIET, solver={"learning_rate": 1e30, "lr_warmup_steps": 0,
                                                                 "max_grad_norm": 1e30})
     with pytest.raises(RuntimeError, match=r"step \d+: the loss is (nan|inf)"):
-        run(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
+        train_in_process(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
              "--max-steps", "6"])
 
 
@@ -131,7 +121,7 @@ def test_a_single_process_cpu_launch_is_pointed_out(shards_dir, tmp_path, capsys
     monkeypatch.setenv("MASTER_PORT", "29500")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     config = write_config(tmp_path / "c.yaml", **QUIET)
-    assert run(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
                 "--max-steps", "1"]) == 0
     assert "accelerate launch --cpu started a single process" in capsys.readouterr().err  # a warning: shown
     assert "WARNING train.run: accelerate launch --cpu started a single process" in run_log(tmp_path / "run")
@@ -147,7 +137,7 @@ def test_overfit_on_four_samples(tmp_path):
                           solver={"learning_rate": 2e-3, "lr_warmup_steps": 5}, noise={"noise_offset": 0.0},
                           conditioning={"cfg_drop_rate": 0.0, "src_clip_drop_rate": 0.0, "clip_noise_scale": 0.0},
                           checkpoint={"every": 1000})
-    assert run(["--shards", str(out), "--config", str(config), "--output-dir", str(tmp_path / "run"),
+    assert train_in_process(["--shards", str(out), "--config", str(config), "--output-dir", str(tmp_path / "run"),
                 "--max-steps", "120"]) == 0
     losses = [r["loss"] for r in logs(tmp_path / "run")]
     first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
@@ -159,14 +149,14 @@ def test_validation_images_with_the_manifest_vae(shards_dir, tmp_path):
     shutil.copytree(shards_dir, out)
     add_vae_record(out, write_tiny_vae(tmp_path / "vae"))
     config = write_config(tmp_path / "c.yaml", validation={"every": 2, "pairs": 2, "steps": 2})
-    assert run(["--shards", str(out), "--config", str(config), "--output-dir", str(tmp_path / "run"),
+    assert train_in_process(["--shards", str(out), "--config", str(config), "--output-dir", str(tmp_path / "run"),
                 "--max-steps", "2"]) == 0
     assert (tmp_path / "run" / "validation" / "step-000002.png").is_file()
 
 
 def test_a_missing_validation_vae_stops_the_run_at_start(shards_dir, tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml", validation={"vae_path": str(tmp_path / "no-vae")})
-    assert run(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
     assert "no-vae: not a diffusers AutoencoderKL folder" in capsys.readouterr().err
     assert not (tmp_path / "run" / "logs.jsonl").exists()
 
@@ -174,7 +164,7 @@ def test_a_missing_validation_vae_stops_the_run_at_start(shards_dir, tmp_path, c
 def test_more_readers_than_shards_train(shards_dir, tmp_path):
     """5 DataLoader workers on 4 shards: readers share shards (issue 18), no refusal."""
     config = write_config(tmp_path / "c.yaml", **QUIET, data={"num_workers": 5})
-    assert run(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
                 "--max-steps", "1"]) == 0
     assert [r["step"] for r in logs(tmp_path / "run")] == [1]
 

@@ -12,23 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
-from tests.train.conftest import add_vae_record, write_config, write_tiny_vae
+from tests.train.conftest import add_vae_record, train_in_process, write_config, write_tiny_vae
 from train.tracking import TrackerError, check_installed, parse_report_to, split_grid
 
 PAIRS = 2
-
-
-def _run(argv: list[str]) -> int:
-    from train.run import main
-
-    try:
-        return main(argv)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +32,8 @@ def tracked_run(shards_dir, tmp_path_factory) -> Path:
                           checkpoint={"every": 2, "keep_last": 5}, data={"num_workers": 1, "batch_size": 2})
     common = ["--shards", str(out), "--config", str(config), "--output-dir", str(base / "run"),
               "--report-to", "tensorboard,mlflow"]
-    assert _run([*common, "--max-steps", "3"]) == 0
-    assert _run([*common, "--max-steps", "4", "--resume", str(base / "run" / "checkpoint-2")]) == 0
+    assert train_in_process([*common, "--max-steps", "3"]) == 0
+    assert train_in_process([*common, "--max-steps", "4", "--resume", str(base / "run" / "checkpoint-2")]) == 0
     return base / "run"
 
 
@@ -132,10 +121,10 @@ def test_report_to_values_and_a_missing_package_name_the_extra(monkeypatch, shar
     with pytest.raises(TrackerError, match=r"the wandb package is not installed; pip install 'mcld-data\[wandb\]'"):
         check_installed(("tensorboard", "wandb"))
     config = write_config(tmp_path / "c.yaml", validation={"vae_path": None})
-    assert _run(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(config), "--output-dir", str(tmp_path / "run"),
                  "--report-to", "wandb"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "train/run.py: error: --report-to wandb: the wandb package is not installed; pip install 'mcld-data[wandb]'"]
     bad = write_config(tmp_path / "bad.yaml", report_to="tensorbored")
-    assert _run(["--shards", str(shards_dir), "--config", str(bad), "--output-dir", str(tmp_path / "run2")]) == 2
+    assert train_in_process(["--shards", str(shards_dir), "--config", str(bad), "--output-dir", str(tmp_path / "run2")]) == 2
     assert "report_to tensorbored: unknown tracker 'tensorbored'" in capsys.readouterr().err
