@@ -50,6 +50,15 @@ def mark_failed(batch: dict[str, np.ndarray], index: int, *, stage: str, error: 
     batch["detail"][index] = f"{batch['image_id'][index]}: {error.detail}"
 
 
+def sorted_positions(haystack: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Each wanted value's position in the sorted ``haystack`` (binary search, no dict), -1 where absent."""
+    found = np.searchsorted(haystack, wanted)
+    if not len(haystack):
+        return np.full(len(wanted), -1, np.int64)
+    found = np.minimum(found, len(haystack) - 1)
+    return np.where(haystack[found] == wanted, found, -1)
+
+
 def object_column(values: list) -> np.ndarray:
     """A 1-d object array of per-row arrays (numpy would otherwise try to stack equal shapes)."""
     column = np.empty(len(values), dtype=object)

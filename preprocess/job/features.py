@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from preprocess.common import STATUS_OK, batch_len
+from preprocess.common import STATUS_OK, batch_len, sorted_positions
 from preprocess.job.chain import PLACED_PREFIX
 from preprocess.job.decode import READ_STAGE, STATUS_CACHED
 from shards import storage
@@ -271,11 +271,7 @@ class FeatureIndex:
 
     def positions(self, hashes) -> np.ndarray:
         """Each hash's position in the index, -1 where it has none."""
-        wanted = np.asarray(hashes, dtype="S64")
-        found = np.searchsorted(self._hashes, wanted)
-        found = np.minimum(found, max(len(self._hashes) - 1, 0))
-        hit = (self._hashes[found] == wanted) if len(self._hashes) else np.zeros(len(wanted), bool)
-        return np.where(hit, found, -1)
+        return sorted_positions(self._hashes, np.asarray(hashes, dtype="S64"))
 
     def __contains__(self, content_hash: str) -> bool:
         return self.positions([content_hash])[0] >= 0

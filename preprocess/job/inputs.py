@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from preprocess.common import sorted_positions
 from shards import storage
 from shards.ids import assign_image_ids, base_image_id
 from shards.rejects import Reject
@@ -137,6 +138,11 @@ class Catalog:
         mask = np.ones(len(self.paths), bool)
         mask[list(self.errors)] = False
         return np.flatnonzero(mask)
+
+    def id_order(self) -> np.ndarray:
+        """The readable paths' indexes, sorted by id (the order of the work table and of the images)."""
+        readable = self.readable()
+        return readable[np.argsort(np.array([self.ids[i] for i in readable], dtype=object), kind="stable")]
 
     def record_read(self, path: str, *, digest: str, size: int, error: str | None, missing: bool) -> int:
         """What a worker's one read of ``path`` found: its hash and size, or (``error``) why it failed.
@@ -325,8 +331,7 @@ class ImageTable:
         catalog = Catalog.of_hashes({i.source_path: (i.content_hash, i.size) for i in images})
         for i in images:
             catalog.ids[catalog.index_of(i.source_path)] = i.image_id
-        order = sorted(range(len(catalog)), key=lambda p: catalog.ids[p])
-        return cls(catalog=catalog, order=np.array(order, np.int32))
+        return cls(catalog=catalog, order=catalog.id_order().astype(np.int32))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -396,22 +401,20 @@ def plan_pairs(table: PairTable, catalog: Catalog) -> Inputs:
         failed_reason[i] = reason
         image_rejects.append(Reject(kind="image", id=unreadable_ids[path], stage="read", reason=reason,
                                     detail=f"{path}: {error.strerror or error}", path=path))
-    readable = catalog.readable()
-    order = readable[np.argsort(np.array([catalog.ids[i] for i in readable], dtype=object), kind="stable")]
+    order = catalog.id_order()
     images = ImageTable(catalog=catalog, order=order.astype(np.int32))
     image_of_path = np.full(len(catalog) + 1, -1, np.int32)  # -1: unreadable; the last entry stands for "outside"
     image_of_path[order] = np.arange(len(order), dtype=np.int32)
 
     # each distinct text of the CSV -> its catalog index, -1 for a path outside --images
     clean = np.array([normalize_relative(text) or "" for text in table.texts], dtype=object)
-    known = np.array(catalog.paths, dtype=object)
-    path_of_text = np.searchsorted(known, clean).astype(np.int32)
+    path_of_text = sorted_positions(np.array(catalog.paths, dtype=object), clean).astype(np.int32)
     outside = clean == ""  # a path outside --images ("" is never a clean path)
-    matches = outside | (known[np.minimum(path_of_text, len(known) - 1)] == clean) if len(known) else outside
-    if not matches.all():
-        raise ValueError(f"the catalog lacks a path the pairs name: {clean[np.argmin(matches)]!r}")
+    lacking = ~outside & (path_of_text < 0)
+    if lacking.any():
+        raise ValueError(f"the catalog lacks a path the pairs name: {clean[np.argmax(lacking)]!r}")
     path_of_text[outside] = -1
-    del clean, known, matches
+    del clean, outside, lacking
     source_path, target_path = path_of_text[table.source], path_of_text[table.target]
     bad = (source_path < 0) | (target_path < 0)
     source_image = image_of_path[source_path]  # -1 (the last entry) where the path is outside or unreadable

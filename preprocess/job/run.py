@@ -61,8 +61,7 @@ def work_table(catalog: job_inputs.Catalog, cache_ids=None):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    readable = catalog.readable()
-    order = readable[np.argsort(np.array([catalog.ids[p] for p in readable], dtype=object))]
+    order = catalog.id_order()
     n = len(order)
     ids = pa.array([catalog.ids[p] for p in order], pa.string())
     if cache_ids is None:

@@ -94,3 +94,12 @@ def test_listing_sorts_paths_into_files_and_reasons_without_reading_any(tmp_path
     listed = inputs.list_inputs(rows=[PairRow(line=2, source="a/x.jpg", target="b.jpg"),
                                       PairRow(line=3, source="a_x.jpg", target="b.jpg")], hashes=hashes)
     assert {i.source_path: i.image_id for i in listed.images} == ids
+
+
+def test_a_plan_whose_catalog_lacks_a_named_path_is_refused_naming_it():
+    """The pair plan finds paths by binary search: a path the catalog does not hold is an error, never the
+    neighbour the search lands on; rows that name only paths outside --images need no catalog at all."""
+    with pytest.raises(ValueError, match="lacks a path the pairs name: 'b.jpg'"):
+        list_inputs(rows=[PairRow(line=2, source="a.jpg", target="b.jpg")], hashes={"a.jpg": ("1" * 64, 1)})
+    listed = list_inputs(rows=[PairRow(line=2, source="../a.jpg", target="/b.jpg")], hashes={})
+    assert [r.reason for r in listed.pair_rejects] == ["bad_path"] and len(listed.pairs) == 0
