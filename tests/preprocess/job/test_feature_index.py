@@ -22,11 +22,12 @@ def _file(directory, rows):
 
 
 def test_one_row_per_content_first_file_by_name_and_changed_rows_yield(tmp_path):
-    a = _file(tmp_path, [("h1", "x", "ok", 1), ("h2", "y", CHANGED, 2), ("h3", "z", "ok", 3)])
-    b = _file(tmp_path, [("h1", "x2", "ok", 10), ("h2", "y", "ok", 20), ("h4", "w", "no_person", 40)])
+    a = _file(tmp_path, [("h1", "x", "ok", 1), ("h2", "y", CHANGED, 2), ("h3", "z", "ok", 3), ("h5", "v", "ok", 5)])
+    b = _file(tmp_path, [("h1", "x2", "ok", 10), ("h2", "y", "ok", 20), ("h4", "w", "no_person", 40),
+                         ("h6", "v", "ok", 6)])  # v's content changed between the two runs
     first, second = sorted([a, b])
     index = scan_features(str(tmp_path), with_ids=True)
-    assert list(index) == ["h1", "h2", "h3", "h4"] and len(index) == 4
+    assert list(index) == ["h1", "h2", "h3", "h4", "h5", "h6"] and len(index) == 6
     h1 = index["h1"]
     assert h1.file == str(tmp_path / first) and h1.values["image_id"] == ("x" if first == a else "x2")
     h2 = index["h2"]  # the changed row yields to the stable one, whichever file comes first
@@ -38,7 +39,7 @@ def test_one_row_per_content_first_file_by_name_and_changed_rows_yield(tmp_path)
     assert list(index.column("source_bytes", [2, 0])) == [3, 10 if first == b else 1]
     # cache ids: rows that can be hits; per id the last file by name
     ids = dict(zip(index.cache_ids.column("image_id").to_pylist(), index.cache_ids.column("content_hash").to_pylist()))
-    assert ids == {"x": "h1", "x2": "h1", "y": "h2", "z": "h3", "w": "h4"}
+    assert ids == {"x": "h1", "x2": "h1", "y": "h2", "z": "h3", "w": "h4", "v": "h6" if second == b else "h5"}
 
 
 def test_a_run_s_rows_join_the_cache_where_it_has_none_or_only_a_changed_row(tmp_path):
