@@ -19,6 +19,12 @@ import pytest
 from preprocess.common import object_column
 from tests.ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (CI=true: skips fail)
 
+# Every Ray the tests start (in process, `ray start`, ray.cluster_utils.Cluster, the job's subprocesses, which
+# inherit it) stays on 127.0.0.1: without this Ray swaps 127.0.0.1 for the machine's interface address
+# (measured here: NodeManagerAddress 192.0.2.2 without it, 127.0.0.1 with it). Set at import, before any test
+# can start Ray; tests/test_ray_loopback.py checks it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 

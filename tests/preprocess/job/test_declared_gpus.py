@@ -101,7 +101,7 @@ def test_job_on_declared_gpus_uses_every_gpu_and_a_joining_node(demo_inputs, mod
             time.sleep(0.5)
         # A second node joins: what `ray start --address=127.0.0.1:PORT --num-gpus 2` does, through Ray's own
         # node API (as ray.cluster_utils adds nodes): the CLI refuses to join under this suite's
-        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and without it resolves 127.0.0.1 to the machine's address.
+        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (tests/conftest.py), and without it resolves 127.0.0.1 to the machine's address.
         joined = subprocess.Popen([sys.executable, "-c", JOIN_NODE, f"127.0.0.1:{port}", temp_dir], env=env,
                                   start_new_session=True, stdout=(tmp_path / "joined.log").open("w"),
                                   stderr=subprocess.STDOUT)
